@@ -1,0 +1,121 @@
+"""
+Data-channel framing for captured packets (the classic RPCAP format).
+
+Each packet is a type-7 message: the 8-byte RPCAP header, a 20-byte
+C{rpcap_pkthdr} (C{ts_sec, ts_usec, caplen, len, npkt}) and the captured
+bytes.  The encoder works on a whole batch at a time in the layout pcapy-ng's
+C{next_batch} returns, so the per-packet work is one C{struct} pack and a
+slice.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+import attrs
+
+from .wire import HEADER_SIZE, PROTOCOL_VERSION, MalformedMessage, MessageType
+
+PKTHDR = struct.Struct("!IIIII")
+PKTHDR_SIZE = PKTHDR.size
+_PACKET_MESSAGE_HEAD = struct.Struct("!BBHIIIIII")
+BATCH_RECORD = struct.Struct("=IIII")
+"""pcapy-ng's per-packet batch record: ts_sec, ts_usec, offset, caplen."""
+
+
+@attrs.frozen
+class CapturedPacket:
+    ts_sec: int
+    ts_usec: int
+    caplen: int
+    length: int
+    npkt: int
+    data: bytes
+
+
+@attrs.frozen
+class PacketBatch:
+    """
+    Packets read in one go: C{data} holds their bytes back to back and
+    C{records} one L{BATCH_RECORD} per packet.  The wire length of each
+    packet is its caplen here, since the daemon captures whole frames and
+    applies the client's snaplen itself.
+    """
+
+    data: bytes
+    records: bytes
+
+    def __len__(self) -> int:
+        return len(self.records) // BATCH_RECORD.size
+
+    @classmethod
+    def from_packets(cls, packets: list[tuple[int, int, bytes]]) -> PacketBatch:
+        """Build a batch from C{(ts_sec, ts_usec, bytes)} tuples (tests, fakes)."""
+        data = bytearray()
+        records = bytearray()
+        for sec, usec, payload in packets:
+            records += BATCH_RECORD.pack(sec, usec, len(data), len(payload))
+            data += payload
+        return cls(bytes(data), bytes(records))
+
+
+def encode_packet_messages(batch: PacketBatch, snaplen: int, first_npkt: int) -> list[bytes]:
+    """
+    One whole type-7 message per packet of C{batch}, packets numbered from
+    C{first_npkt}, each cut to C{snaplen} bytes.
+    """
+    head = _PACKET_MESSAGE_HEAD.pack
+    data = batch.data
+    out = []
+    npkt = first_npkt
+    for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
+        caplen = length if length <= snaplen else snaplen
+        out.append(
+            head(
+                PROTOCOL_VERSION, MessageType.PACKET, 0, PKTHDR_SIZE + caplen,
+                sec, usec, caplen, length, npkt,
+            )
+            + data[off : off + caplen]
+        )
+        npkt += 1
+    return out
+
+
+def encode_packet_records(batch: PacketBatch, snaplen: int, first_npkt: int) -> bytes:
+    """
+    The udpstr stream form: C{rpcap_pkthdr} + bytes per packet, no RPCAP
+    header, all concatenated.
+    """
+    pack = PKTHDR.pack
+    data = batch.data
+    parts = []
+    npkt = first_npkt
+    for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
+        caplen = length if length <= snaplen else snaplen
+        parts.append(pack(sec, usec, caplen, length, npkt))
+        parts.append(data[off : off + caplen])
+        npkt += 1
+    return b"".join(parts)
+
+
+def decode_packet_payload(payload: bytes) -> CapturedPacket:
+    """Decode the payload of one type-7 message."""
+    if len(payload) < PKTHDR_SIZE:
+        raise MalformedMessage("packet header is truncated")
+    sec, usec, caplen, length, npkt = PKTHDR.unpack_from(payload)
+    body = payload[PKTHDR_SIZE : PKTHDR_SIZE + caplen]
+    if len(body) != caplen:
+        raise MalformedMessage("packet data is shorter than its caplen")
+    return CapturedPacket(sec, usec, caplen, length, npkt, body)
+
+
+def iter_packet_messages(stream: bytes) -> Iterator[CapturedPacket]:
+    """Decode a run of complete type-7 messages (a TCP data stream, a test)."""
+    offset = 0
+    while offset < len(stream):
+        _, mtype, _, plen = struct.unpack_from("!BBHI", stream, offset)
+        if mtype != MessageType.PACKET:
+            raise MalformedMessage(f"unexpected message type {mtype} on data channel")
+        yield decode_packet_payload(stream[offset + HEADER_SIZE : offset + HEADER_SIZE + plen])
+        offset += HEADER_SIZE + plen

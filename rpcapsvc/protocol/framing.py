@@ -1,0 +1,109 @@
+"""
+Incremental framing of an RPCAP control stream.
+
+L{ControlStreamParser} is fed bytes as they arrive and returns the messages
+they complete.  It buffers at most one message (bounded by
+C{max_payload}), and knows libpcap's client quirk: a startcap sent with no
+filter set promises one more BPF instruction than its header's length covers,
+so a tolerant reader takes the instructions the filter block promised.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+
+from .wire import (
+    BPF_INSN,
+    FILTER_HEADER,
+    HEADER,
+    HEADER_SIZE,
+    MAX_BPF_INSTRUCTIONS,
+    Header,
+    MalformedMessage,
+    Message,
+    MessageType,
+    RpcapError,
+    decode_message,
+)
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+"""Generous for a full 8192-instruction filter plus headers (65,556 bytes)."""
+
+_STARTCAP_FIXED = 12
+
+
+class MessageTooLarge(RpcapError):
+    """A header announced more payload than the parser is allowed to buffer."""
+
+    def __init__(self, header: Header, limit: int) -> None:
+        super().__init__(f"message of {header.length} bytes exceeds the limit of {limit}")
+        self.header = header
+        self.limit = limit
+
+
+@attrs.frozen
+class Received:
+    """One framed message: decoded, or the reason it could not be."""
+
+    header: Header
+    message: Optional[Message]
+    error: Optional[MalformedMessage] = None
+
+
+def _quirk_extra(header: Header, payload: bytes | bytearray) -> int:
+    """
+    How many bytes past C{plen} a startcap's filter block claims; 0 unless
+    this is libpcap's short-length startcap.
+    """
+    if header.type != MessageType.STARTCAP_REQ:
+        return 0
+    if len(payload) < _STARTCAP_FIXED + FILTER_HEADER.size:
+        return 0
+    _, _, nitems = FILTER_HEADER.unpack_from(payload, _STARTCAP_FIXED)
+    if nitems > MAX_BPF_INSTRUCTIONS:
+        return 0  # the decoder reports it; do not wait for it
+    promised = _STARTCAP_FIXED + FILTER_HEADER.size + nitems * BPF_INSN.size
+    return max(0, promised - len(payload))
+
+
+class ControlStreamParser:
+    """Frames an RPCAP control stream into L{Received} messages."""
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Received]:
+        """
+        Add C{data}; return every message now complete, in order.
+
+        @raise MessageTooLarge: a header announced an oversized payload; the
+            stream cannot be trusted past it.
+        """
+        self._buffer += data
+        out: list[Received] = []
+        while len(self._buffer) >= HEADER_SIZE:
+            header = Header(*HEADER.unpack_from(self._buffer))
+            if header.length > self.max_payload:
+                raise MessageTooLarge(header, self.max_payload)
+            end = HEADER_SIZE + header.length
+            if len(self._buffer) < end:
+                break
+            extra = _quirk_extra(header, memoryview(self._buffer)[HEADER_SIZE:end])
+            if extra:
+                if len(self._buffer) < end + extra:
+                    break
+                end += extra
+            payload = bytes(self._buffer[HEADER_SIZE:end])
+            del self._buffer[:end]
+            try:
+                out.append(Received(header, decode_message(header, payload)))
+            except MalformedMessage as e:
+                out.append(Received(header, None, e))
+        return out

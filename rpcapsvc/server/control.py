@@ -1,0 +1,118 @@
+"""
+The control connection: a thin Twisted C{Protocol} that frames bytes with
+L{ControlStreamParser} and hands messages to a L{ServerSession}; and the
+factory that makes one per connection, in passive and active mode alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..capture.system import ICaptureSystem
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, MessageTooLarge
+from ..protocol.wire import ErrorCode, ErrorReply, Message
+from .datachannel import DataChannels
+from .session import IControlChannel, ServerSession, SessionPolicy
+
+
+def _host(address: Optional[IAddress]) -> str:
+    return str(getattr(address, "host", "") or "")
+
+
+@implementer(IControlChannel)
+class RpcapServerProtocol(protocol.Protocol):
+    """One RPCAP control connection, server side."""
+
+    log = Logger()
+    session: Optional[ServerSession] = None
+
+    def __init__(self, factory: RpcapServerFactory) -> None:
+        self.factory = factory
+        self.parser = ControlStreamParser(factory.max_message_size)
+        self.peer_host = ""
+        self.local_host = ""
+        self.active = factory.active
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.peer_host = _host(self.transport.getPeer())
+        self.local_host = _host(self.transport.getHost())
+        self.factory.sessions.add(self)
+        self.log.info("Control connection from {peer}", peer=self.peer_host or "local client")
+        self.session = ServerSession(
+            self,
+            self.factory.capture_system,
+            self.factory.data_channels,
+            self.factory.policy,
+            self.factory.reactor,
+            interface=self.factory.interface,
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.session is not None
+        try:
+            messages = self.parser.feed(data)
+        except MessageTooLarge as e:
+            self.send_message(ErrorReply(ErrorCode.WRONGMSG, str(e)))
+            self.session.close("oversized message")
+            return
+        self.session.received(messages)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.sessions.discard(self)
+        if self.session is not None:
+            self.session.close(f"connection lost: {reason.getErrorMessage()}")
+
+    # IControlChannel
+    def send_message(self, message: Message) -> None:
+        if self.transport is not None:
+            self.transport.write(message.encode())
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+
+class RpcapServerFactory(protocol.Factory):
+    """
+    Serves RPCAP sessions on the connections it is given: accepted ones in
+    passive mode, or ones the daemon made itself when C{active} is true.
+    """
+
+    protocol = RpcapServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        reactor: Any,
+        capture_system: ICaptureSystem,
+        policy: SessionPolicy,
+        data_channels: Optional[DataChannels] = None,
+        active: bool = False,
+        interface: Optional[str] = None,
+        max_message_size: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.reactor = reactor
+        self.capture_system = capture_system
+        self.policy = policy
+        self.data_channels = data_channels or DataChannels(reactor)
+        self.active = active
+        self.interface = interface
+        self.max_message_size = max_message_size
+        self.sessions: set[RpcapServerProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress) -> RpcapServerProtocol:
+        return RpcapServerProtocol(self)

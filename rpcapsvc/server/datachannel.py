@@ -1,0 +1,215 @@
+"""
+Data channels: where a session's captured packets go.
+
+A sink takes whole L{PacketBatch}es from the capture reader and writes each
+as few times as it can: one C{write} per batch over TCP, one datagram per
+packet over classic UDP.  L{DataChannels} opens sinks with a reactor; the
+session only sees L{IPacketSink}.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Callable, Optional
+
+from twisted.internet import defer, protocol
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from ..protocol.datachannel import PacketBatch, encode_packet_messages
+
+
+class IPacketSink(Interface):
+    """The sending end of a data channel."""
+
+    sent = Attribute("Packets handed to the channel.")
+    dropped = Attribute("Packets the channel could not send (UDP only).")
+
+    def write_batch(batch: PacketBatch) -> None:
+        """Frame and send a batch."""
+
+    def attach_producer(producer: IPushProducer) -> None:
+        """Let the channel pause C{producer} while it cannot keep up."""
+
+    def close() -> None:
+        """Close the channel; idempotent."""
+
+    def set_lost_callback(callback: Callable[[str], None]) -> None:
+        """Call C{callback} with a reason when the peer closes the channel."""
+
+
+class _SinkBase:
+    def __init__(self, snaplen: int) -> None:
+        self.snaplen = snaplen
+        self.sent = 0
+        self.dropped = 0
+        self._on_lost: Optional[Callable[[str], None]] = None
+        self._closing = False
+
+    def set_lost_callback(self, callback: Callable[[str], None]) -> None:
+        self._on_lost = callback
+
+    def _lost(self, why: str) -> None:
+        if not self._closing and self._on_lost is not None:
+            self._closing = True
+            self._on_lost(why)
+
+
+@implementer(IPacketSink)
+class TcpPacketSink(_SinkBase, protocol.Protocol):
+    """Classic framing over a TCP data connection."""
+
+    log = Logger()
+
+    def __init__(self, snaplen: int) -> None:
+        super().__init__(snaplen)
+        self.connected_deferred: defer.Deferred[TcpPacketSink] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.connected_deferred.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """The client never sends on the data channel; ignore it."""
+
+    def write_batch(self, batch: PacketBatch) -> None:
+        messages = encode_packet_messages(batch, self.snaplen, self.sent + 1)
+        self.transport.write(b"".join(messages))  # type: ignore[union-attr]
+        self.sent += len(messages)
+
+    def attach_producer(self, producer: IPushProducer) -> None:
+        self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            try:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            except RuntimeError:
+                pass
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost(f"data connection closed: {reason.getErrorMessage()}")
+
+
+_TRANSIENT_SEND_ERRORS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED}
+
+
+@implementer(IPacketSink)
+class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
+    """
+    Classic framing over UDP: one datagram per packet.  UDP has no
+    backpressure, so a datagram the kernel will not take is dropped and
+    counted (the client sees it in the stats' kernel drops).
+    """
+
+    log = Logger()
+
+    def write_batch(self, batch: PacketBatch) -> None:
+        write = self.transport.write  # type: ignore[union-attr]
+        first = self.sent + self.dropped + 1
+        for message in encode_packet_messages(batch, self.snaplen, first):
+            try:
+                write(message)
+            except MessageLengthError:
+                self.dropped += 1
+                continue
+            except OSError as e:
+                if e.errno not in _TRANSIENT_SEND_ERRORS:
+                    raise
+                self.dropped += 1
+                continue
+            self.sent += 1
+
+    def connectionRefused(self) -> None:
+        """The collector has no socket there (yet): the datagram is lost."""
+        self.dropped += 1
+        self.sent -= 1
+
+    def attach_producer(self, producer: IPushProducer) -> None:
+        """UDP cannot push back."""
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.stopListening()  # type: ignore[attr-defined]
+
+
+class _OneConnectionFactory(protocol.Factory):
+    """Accepts the first connection from the allowed host, refuses all others."""
+
+    def __init__(self, allowed_host: str, sink: TcpPacketSink) -> None:
+        self.allowed_host = allowed_host
+        self.sink: Optional[TcpPacketSink] = sink
+
+    def buildProtocol(self, addr: IAddress) -> Optional[protocol.Protocol]:
+        if self.sink is None or getattr(addr, "host", None) != self.allowed_host:
+            return None
+        sink, self.sink = self.sink, None
+        return sink
+
+
+class DataChannels:
+    """Opens data channels with a reactor."""
+
+    log = Logger()
+
+    def __init__(self, reactor: object, accept_timeout: float = 30.0) -> None:
+        self._reactor = reactor
+        self.accept_timeout = accept_timeout
+
+    def listen_tcp(
+        self, interface: str, allowed_host: str, snaplen: int
+    ) -> tuple[int, defer.Deferred[IPacketSink]]:
+        """
+        Listen on a fresh port of C{interface} for one connection from
+        C{allowed_host}; the Deferred fires with the sink once it connects,
+        or fails after the accept timeout.
+        """
+        sink = TcpPacketSink(snaplen)
+        port: IListeningPort = self._reactor.listenTCP(  # type: ignore[attr-defined]
+            0, _OneConnectionFactory(allowed_host, sink), backlog=1, interface=interface
+        )
+        result: defer.Deferred[IPacketSink] = defer.Deferred(lambda d: port.stopListening())
+        timeout = self._reactor.callLater(  # type: ignore[attr-defined]
+            self.accept_timeout,
+            lambda: result.called
+            or result.errback(TimeoutError("the client did not open the data connection in time")),
+        )
+
+        def connected(s: TcpPacketSink) -> TcpPacketSink:
+            port.stopListening()
+            if timeout.active():
+                timeout.cancel()
+            if not result.called:
+                result.callback(s)
+            return s
+
+        def cleanup(r: object) -> object:
+            port.stopListening()
+            if timeout.active():
+                timeout.cancel()
+            return r
+
+        sink.connected_deferred.addCallback(connected)
+        result.addErrback(cleanup)
+        return port.getHost().port, result  # type: ignore[attr-defined]
+
+    def connect_tcp(self, host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
+        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+        sink = TcpPacketSink(snaplen)
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.accept_timeout)
+        d = connectProtocol(endpoint, sink)
+        d.addCallback(lambda _: sink.connected_deferred)
+        return d
+
+    def open_udp(self, host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
+        sink = UdpPacketSink(snaplen)
+        interface = "::" if ":" in host else ""
+        udp_port = self._reactor.listenUDP(0, sink, interface=interface)  # type: ignore[attr-defined]
+        udp_port.connect(host, port)
+        return udp_port.getHost().port, sink

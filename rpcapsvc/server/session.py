@@ -1,0 +1,553 @@
+"""
+The server side of one RPCAP control session, as a state machine.
+
+L{ServerSession} is driven by framed messages (L{Received}) and reaches the
+world only through small seams: an L{IControlChannel} to answer on, an
+L{ICaptureSystem} to capture with, L{DataChannels} to send packets through
+and a clock.  It handles one request at a time, in order, as RPCAP requires;
+while a request waits on I/O (a login check, a data connection) reading from
+the control connection is paused, which bounds what a peer can queue.
+
+States::
+
+    AWAITING_AUTH --auth ok--> READY --open--> OPENED --startcap--> CAPTURING
+                                  ^               ^  <----endcap------'
+    any state --close / connection lost--> CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Any, Callable, Optional, Sequence
+
+import attrs
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface
+
+from ..capture.reader import CaptureReader
+from ..capture.system import (
+    CaptureError,
+    CaptureOptions,
+    CaptureStats,
+    Direction,
+    ICaptureHandle,
+    ICaptureSystem,
+)
+from ..protocol import bpf
+from ..protocol.framing import Received
+from ..protocol.wire import (
+    PROTOCOL_VERSION,
+    AuthReply,
+    AuthRequest,
+    AuthType,
+    CloseRequest,
+    EndCaptureReply,
+    EndCaptureRequest,
+    ErrorCode,
+    ErrorReply,
+    FindAllInterfacesReply,
+    FindAllInterfacesRequest,
+    InterfaceInfo,
+    Message,
+    MessageType,
+    OpenReply,
+    OpenRequest,
+    SamplingMethod,
+    SetSamplingReply,
+    SetSamplingRequest,
+    StartCapFlags,
+    StartCaptureReply,
+    StartCaptureRequest,
+    StatsReply,
+    StatsRequest,
+    UpdateFilterReply,
+    UpdateFilterRequest,
+)
+from .datachannel import DataChannels, IPacketSink
+
+PRESELECTED_SUFFIX = ";preselected"
+
+
+class SessionState(enum.Enum):
+    AWAITING_AUTH = "awaiting auth"
+    READY = "ready"
+    OPENED = "opened"
+    CAPTURING = "capturing"
+    CLOSED = "closed"
+
+
+class IControlChannel(Interface):
+    """What a session needs from its control connection."""
+
+    peer_host = Attribute("The client's address, as a string.")
+    local_host = Attribute("Our address on this connection, as a string.")
+    active = Attribute("True when we made this connection (active mode).")
+
+    def send_message(message: Message) -> None:
+        """Send one control message."""
+
+    def close() -> None:
+        """Close the control connection."""
+
+    def pause_reading() -> None:
+        """Stop delivering messages until L{resume_reading}."""
+
+    def resume_reading() -> None:
+        """Deliver messages again."""
+
+
+@attrs.define
+class SessionPolicy:
+    """What the operator allows; shared by every session of a service."""
+
+    null_auth: bool = False
+    checkers: Sequence[ICredentialsChecker] = ()
+    preselected_interface: Optional[str] = None
+    buffer_size: int = 2 * 1024 * 1024
+    failed_auth_delay: float = 1.0
+    auth_timeout: float = 90.0
+
+
+# A request payload that cannot be decoded is answered with its operation's code.
+_MALFORMED_CODES = {
+    MessageType.AUTH_REQ: ErrorCode.AUTH,
+    MessageType.OPEN_REQ: ErrorCode.OPEN,
+    MessageType.STARTCAP_REQ: ErrorCode.STARTCAPTURE,
+    MessageType.UPDATEFILTER_REQ: ErrorCode.UPDATEFILTER,
+    MessageType.SETSAMPLING_REQ: ErrorCode.SETSAMPLING,
+    MessageType.STATS_REQ: ErrorCode.GETSTATS,
+}
+
+
+def is_local_interface_name(name: str) -> bool:
+    """A plain interface name: never a URL, a path or a pcap file."""
+    return bool(name) and len(name) < 256 and "/" not in name and ":" not in name and "\0" not in name
+
+
+class _Capture:
+    """One running capture: its handle, reader and data channel."""
+
+    def __init__(self, handle: ICaptureHandle, snaplen: int) -> None:
+        self.handle = handle
+        self.snaplen = snaplen
+        self.reader: Optional[CaptureReader] = None
+        self.sink: Optional[IPacketSink] = None
+        self.pending_sink: Optional[defer.Deferred[IPacketSink]] = None
+
+    def stats(self) -> StatsReply:
+        s = self.handle.stats()
+        sent = self.sink.sent if self.sink else 0
+        dropped = self.sink.dropped if self.sink else 0
+        return StatsReply(s.received, s.interface_dropped, s.dropped + dropped, sent)
+
+    def stop(self) -> None:
+        if self.pending_sink is not None and not self.pending_sink.called:
+            self.pending_sink.cancel()
+        if self.reader is not None:
+            self.reader.stopProducing()
+        if self.sink is not None:
+            self.sink.close()
+        self.handle.close()
+
+
+class ServerSession:
+    log = Logger()
+
+    def __init__(
+        self,
+        channel: IControlChannel,
+        capture_system: ICaptureSystem,
+        data_channels: DataChannels,
+        policy: SessionPolicy,
+        reactor: Any,
+        interface: Optional[str] = None,
+    ) -> None:
+        self.channel = channel
+        self.capture_system = capture_system
+        self.data_channels = data_channels
+        self.policy = policy
+        self.reactor: IReactorTime = reactor
+        # A per-session preselected interface (active collectors) overrides the policy's.
+        self.preselected = interface or policy.preselected_interface
+        self.state = SessionState.AWAITING_AUTH
+        self.device: Optional[str] = None
+        self.sampling = SetSamplingRequest(SamplingMethod.NONE, 0)
+        self.user: Optional[bytes] = None
+        self._capture: Optional[_Capture] = None
+        self._last_stats = StatsReply(0, 0, 0, 0)
+        self._queue: deque[Received] = deque()
+        self._busy = False
+        self._auth_timer: Optional[IDelayedCall] = self.reactor.callLater(
+            policy.auth_timeout, self._auth_timed_out
+        )
+
+    # --- input ---------------------------------------------------------------
+
+    def received(self, messages: list[Received]) -> None:
+        self._queue.extend(messages)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue and not self._busy and self.state is not SessionState.CLOSED:
+            result = self._dispatch(self._queue.popleft())
+            if isinstance(result, defer.Deferred):
+                self._busy = True
+                self.channel.pause_reading()
+                result.addErrback(self._internal_error)
+                result.addBoth(self._request_done)
+
+    def _request_done(self, _: object) -> None:
+        self._busy = False
+        if self.state is not SessionState.CLOSED:
+            self.channel.resume_reading()
+            self._drain()
+
+    def _internal_error(self, failure: Failure) -> None:
+        self.log.failure("Request failed in session with {peer}", failure, peer=self.channel.peer_host)
+        self._error(ErrorCode.NETWORK, "internal server error")
+
+    def _error(self, code: int, text: str) -> None:
+        self.log.info("Error {code} to {peer}: {text}", code=code, peer=self.channel.peer_host, text=text)
+        self.channel.send_message(ErrorReply(code, text))
+
+    def _dispatch(self, r: Received) -> Optional[defer.Deferred[None]]:
+        mtype = r.header.type
+        if r.header.version != PROTOCOL_VERSION:
+            self._error(ErrorCode.WRONGVER, f"RPCAP version {r.header.version} is not supported")
+            return None
+        if r.error is not None:
+            code = _MALFORMED_CODES.get(mtype, ErrorCode.WRONGMSG)  # type: ignore[call-overload]
+            self._error(code, f"malformed message: {r.error}")
+            return None
+        msg = r.message
+        if isinstance(msg, CloseRequest):
+            self.close("client closed the session")
+            return None
+        if isinstance(msg, ErrorReply):
+            self.log.info("Client {peer} reported error {code}: {text}", peer=self.channel.peer_host,
+                          code=msg.code, text=msg.text)
+            return None
+        if self.state is SessionState.AWAITING_AUTH:
+            if isinstance(msg, AuthRequest):
+                return self._auth(msg)
+            self._error(ErrorCode.WRONGMSG, "message received before authentication")
+            return None
+        handler = self._HANDLERS.get(type(msg))
+        if handler is None:
+            self._error(ErrorCode.WRONGMSG, f"unexpected message type {mtype}")
+            return None
+        return handler(self, msg)
+
+    # --- auth ----------------------------------------------------------------
+
+    def _auth(self, msg: AuthRequest) -> Optional[defer.Deferred[None]]:
+        if msg.auth_type == AuthType.NULL:
+            if self.policy.null_auth:
+                self._authenticated(None)
+                return None
+            return self._auth_failed("NULL authentication not permitted")
+        if msg.auth_type == AuthType.PASSWORD:
+            if not self.policy.checkers:
+                return self._auth_failed("password authentication is not configured")
+            return self._check_password(msg.username, msg.password)
+        self._error(ErrorCode.AUTH_TYPE_NOTSUP, f"authentication type {msg.auth_type} is not supported")
+        return None
+
+    @defer.inlineCallbacks
+    def _check_password(self, user: bytes, password: bytes) -> Any:
+        creds = UsernamePassword(user, password)
+        for checker in self.policy.checkers:
+            if IUsernamePassword not in checker.credentialInterfaces:
+                continue
+            try:
+                avatar = yield checker.requestAvatarId(creds)
+            except UnauthorizedLogin:
+                continue
+            self._authenticated(avatar)
+            return
+        yield self._auth_failed("authentication failed")
+
+    def _auth_failed(self, why: str) -> defer.Deferred[None]:
+        # Answer late, as libpcap does, to slow down password guessing.
+        self.log.info("Authentication failed for {peer}: {why}", peer=self.channel.peer_host, why=why)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def answer() -> None:
+            if self.state is not SessionState.CLOSED:
+                self.channel.send_message(ErrorReply(ErrorCode.AUTH_FAILED, f"Authentication failed: {why}"))
+            d.callback(None)
+
+        self.reactor.callLater(self.policy.failed_auth_delay, answer)
+        return d
+
+    def _authenticated(self, user: Optional[bytes]) -> None:
+        self.user = user
+        self.state = SessionState.READY
+        self._cancel_auth_timer()
+        self.log.info("Client {peer} authenticated ({how})", peer=self.channel.peer_host,
+                      how="null" if user is None else user.decode("utf-8", "replace"))
+        self.channel.send_message(AuthReply())
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.state is SessionState.AWAITING_AUTH:
+            self._error(ErrorCode.INITTIMEOUT, "authentication timed out")
+            self.close("authentication timed out")
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+    # --- requests --------------------------------------------------------------
+
+    def _again_auth(self, msg: AuthRequest) -> None:
+        self._error(ErrorCode.WRONGMSG, "already authenticated")
+
+    def _interfaces(self) -> list[InterfaceInfo]:
+        interfaces = self.capture_system.list_interfaces()
+        if self.preselected is None:
+            return interfaces
+        chosen = [i for i in interfaces if i.name == self.preselected]
+        rest = [i for i in interfaces if i.name != self.preselected]
+        marked = [
+            attrs.evolve(i, description=f"{i.description} {PRESELECTED_SUFFIX}" if i.description
+                         else PRESELECTED_SUFFIX)
+            for i in chosen
+        ]
+        return marked + rest
+
+    def _findalldevs(self, msg: FindAllInterfacesRequest) -> None:
+        try:
+            interfaces = self._interfaces()
+        except Exception as e:  # the OS listing failed; say so, keep serving
+            self._error(ErrorCode.FINDALLIF, f"cannot list interfaces: {e}")
+            return
+        if not interfaces:
+            self._error(ErrorCode.NOREMOTEIF, "no interfaces found")
+            return
+        self.channel.send_message(FindAllInterfacesReply(tuple(interfaces)))
+
+    def _open(self, msg: OpenRequest) -> None:
+        name = msg.device
+        if self.state is SessionState.CAPTURING:
+            self._error(ErrorCode.OPEN, "a capture is running; end it before opening another device")
+            return
+        if not is_local_interface_name(name):
+            self._error(ErrorCode.OPEN, f"{name!r} is not a local interface name")
+            return
+        if self.preselected is not None and name != self.preselected:
+            self._error(ErrorCode.OPEN, f"only the preselected interface {self.preselected} may be opened")
+            return
+        try:
+            known = {i.name for i in self.capture_system.list_interfaces()}
+            if name not in known:
+                raise CaptureError(f"no such interface: {name}")
+            linktype = self.capture_system.probe_linktype(name)
+        except CaptureError as e:
+            self._error(ErrorCode.OPEN, str(e))
+            return
+        self.device = name
+        self.state = SessionState.OPENED
+        self.log.info("Client {peer} opened {device}", peer=self.channel.peer_host, device=name)
+        self.channel.send_message(OpenReply(linktype, 0))
+
+    def _startcap(self, msg: StartCaptureRequest) -> Optional[defer.Deferred[None]]:
+        if self.state is SessionState.CAPTURING:
+            self._error(ErrorCode.STARTCAPTURE, "a capture is already running")
+            return None
+        if self.state is not SessionState.OPENED or self.device is None:
+            self._error(ErrorCode.STARTCAPTURE, "no device is open")
+            return None
+        program = msg.filter
+        if program is not None and not program.instructions:
+            program = None  # an empty program: capture everything
+        if program is not None:
+            try:
+                bpf.validate(program)
+            except bpf.InvalidFilter as e:
+                self._error(ErrorCode.STARTCAPTURE, f"invalid filter: {e}")
+                return None
+        flags = msg.flag_set
+        direction = Direction.BOTH
+        if StartCapFlags.INBOUND in flags and StartCapFlags.OUTBOUND not in flags:
+            direction = Direction.IN
+        elif StartCapFlags.OUTBOUND in flags and StartCapFlags.INBOUND not in flags:
+            direction = Direction.OUT
+        snaplen = msg.snaplen if 0 < msg.snaplen <= bpf.MAXIMUM_SNAPLEN else bpf.MAXIMUM_SNAPLEN
+        options = CaptureOptions(
+            snaplen=snaplen,
+            promiscuous=StartCapFlags.PROMISC in flags,
+            read_timeout_ms=msg.read_timeout_ms or 1000,
+            direction=direction,
+            buffer_size=self.policy.buffer_size,
+        )
+        try:
+            handle = self.capture_system.open(self.device, options)
+            if program is not None:
+                handle.set_filter(program)
+        except CaptureError as e:
+            self._error(ErrorCode.STARTCAPTURE, f"cannot capture on {self.device}: {e}")
+            return None
+        capture = _Capture(handle, snaplen)
+        peer = self.channel.peer_host
+        try:
+            if StartCapFlags.DGRAM in flags:
+                port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen)
+                self._begin(capture, options)
+                self._sink_ready(capture, sink)
+                self.channel.send_message(StartCaptureReply(options.buffer_size, port))
+                return None
+            if StartCapFlags.SERVEROPEN in flags or self.channel.active:
+                d = self.data_channels.connect_tcp(peer, msg.portdata, snaplen)
+                capture.pending_sink = d
+                self._begin(capture, options)
+
+                def connected(sink: IPacketSink) -> None:
+                    self.channel.send_message(StartCaptureReply(options.buffer_size, msg.portdata))
+                    self._sink_ready(capture, sink)
+
+                def failed(f: Failure) -> None:
+                    self._end_capture()
+                    self._error(ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {f.getErrorMessage()}")
+
+                d.addCallbacks(connected, failed)
+                return d  # type: ignore[return-value]
+            port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen)
+        except Exception as e:  # a socket we could not make
+            handle.close()
+            self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
+            return None
+        capture.pending_sink = d
+        self._begin(capture, options)
+        self.channel.send_message(StartCaptureReply(options.buffer_size, port))
+
+        def accepted(sink: IPacketSink) -> None:
+            if self._capture is capture:
+                self._sink_ready(capture, sink)
+            else:
+                sink.close()
+
+        def not_accepted(f: Failure) -> None:
+            if f.check(defer.CancelledError):
+                return
+            if self._capture is capture:
+                self._end_capture()
+                self._error(ErrorCode.STARTCAPTURE, f.getErrorMessage())
+
+        d.addCallbacks(accepted, not_accepted)
+        return None
+
+    def _begin(self, capture: _Capture, options: CaptureOptions) -> None:
+        self._capture = capture
+        self.state = SessionState.CAPTURING
+        self.log.info(
+            "Capture on {device} for {peer} (snaplen {snaplen}, promiscuous {promisc})",
+            device=self.device, peer=self.channel.peer_host, snaplen=options.snaplen,
+            promisc=options.promiscuous,
+        )
+
+    def _sink_ready(self, capture: _Capture, sink: IPacketSink) -> None:
+        capture.pending_sink = None
+        capture.sink = sink
+        reader = CaptureReader(
+            self.reactor,  # type: ignore[arg-type]
+            capture.handle,
+            sink.write_batch,
+            lambda why: self._capture_failed(capture, why),
+        )
+        capture.reader = reader
+        sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
+        sink.attach_producer(reader)
+        reader.start()
+
+    def _capture_failed(self, capture: _Capture, why: str) -> None:
+        if self._capture is capture:
+            self._end_capture()
+            self._error(ErrorCode.READEX, f"capture on {self.device} ended: {why}")
+
+    def _data_channel_lost(self, capture: _Capture, why: str) -> None:
+        if self._capture is capture:
+            self.log.info("Data channel to {peer} lost: {why}", peer=self.channel.peer_host, why=why)
+            self._end_capture()
+
+    def _end_capture(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return
+        try:
+            self._last_stats = capture.stats()
+        except CaptureError:
+            pass
+        capture.stop()
+        if self.state is SessionState.CAPTURING:
+            self.state = SessionState.OPENED
+        self.log.info("Capture on {device} for {peer} ended: {stats}", device=self.device,
+                      peer=self.channel.peer_host, stats=self._last_stats)
+
+    def _updatefilter(self, msg: UpdateFilterRequest) -> None:
+        if self._capture is None:
+            self._error(ErrorCode.UPDATEFILTER, "no capture is running")
+            return
+        program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
+        try:
+            bpf.validate(program)
+            self._capture.handle.set_filter(program)
+        except (bpf.InvalidFilter, CaptureError) as e:
+            self._error(ErrorCode.UPDATEFILTER, f"invalid filter: {e}")
+            return
+        self.channel.send_message(UpdateFilterReply())
+
+    def _stats(self, msg: StatsRequest) -> None:
+        if self._capture is None:
+            self.channel.send_message(self._last_stats)
+            return
+        try:
+            self.channel.send_message(self._capture.stats())
+        except CaptureError as e:
+            self._error(ErrorCode.GETSTATS, str(e))
+
+    def _endcap(self, msg: EndCaptureRequest) -> None:
+        if self._capture is None:
+            self._error(ErrorCode.ENDCAPTURE, "no capture is running")
+            return
+        self._end_capture()
+        self.channel.send_message(EndCaptureReply())
+
+    def _setsampling(self, msg: SetSamplingRequest) -> None:
+        if msg.method not in tuple(SamplingMethod):
+            self._error(ErrorCode.SETSAMPLING, f"unknown sampling method {msg.method}")
+            return
+        self.sampling = msg  # stored, not applied (libpcap does the same on Linux)
+        self.channel.send_message(SetSamplingReply())
+
+    _HANDLERS: dict[type, Callable[[ServerSession, Any], Optional[defer.Deferred[None]]]] = {
+        AuthRequest: _again_auth,
+        FindAllInterfacesRequest: _findalldevs,
+        OpenRequest: _open,
+        StartCaptureRequest: _startcap,
+        UpdateFilterRequest: _updatefilter,
+        StatsRequest: _stats,
+        EndCaptureRequest: _endcap,
+        SetSamplingRequest: _setsampling,
+    }
+
+    # --- teardown ------------------------------------------------------------------
+
+    def close(self, why: str) -> None:
+        """End the session: stop any capture and close the control connection."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._end_capture()
+        self._cancel_auth_timer()
+        self.state = SessionState.CLOSED
+        self._queue.clear()
+        self.log.info("Session with {peer} closed: {why}", peer=self.channel.peer_host, why=why)
+        self.channel.close()
