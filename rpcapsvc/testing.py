@@ -1,0 +1,188 @@
+"""
+Test doubles for code that embeds rpcapsvc: an in-memory capture system
+whose packets the test injects, and a recording data-channel opener.
+
+    system = FakeCaptureSystem({"eth0": [FakeInterface(...)]})
+    handle = system.handles[-1]; handle.inject([(sec, usec, b"frame")])
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Optional
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from .capture.system import (
+    CaptureError,
+    CaptureOptions,
+    CaptureStats,
+    ICaptureHandle,
+    ICaptureSystem,
+)
+from .protocol import bpf
+from .protocol.datachannel import PacketBatch
+from .protocol.wire import BpfProgram, InterfaceInfo
+from .server.datachannel import IPacketSink
+
+DLT_EN10MB = 1
+
+
+@implementer(ICaptureHandle)
+class FakeCaptureHandle:
+    """
+    A capture fed by the test.  Its descriptor is a pipe that is readable
+    while injected packets wait, so it works with a real reactor too.
+    Filters run in Python with L{bpf.run}, as a kernel would run them.
+    """
+
+    def __init__(self, device: str, options: CaptureOptions, linktype: int = DLT_EN10MB) -> None:
+        self.device = device
+        self.options = options
+        self.linktype = linktype
+        self.filter: Optional[BpfProgram] = None
+        self.filters_set: list[BpfProgram] = []
+        self.closed = False
+        self.received = 0
+        self.dropped = 0
+        self.fail_with: Optional[str] = None
+        self._pending: deque[tuple[int, int, bytes]] = deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+
+    def inject(self, packets: list[tuple[int, int, bytes]]) -> None:
+        """Packets arrive on the wire: filtered, then queued for reading."""
+        for packet in packets:
+            self.received += 1
+            if self.filter is None or bpf.run(self.filter, packet[2]):
+                self._pending.append(packet)
+        if self._pending and not self.closed:
+            os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read_batch(self, max_packets: int) -> PacketBatch:
+        if self.fail_with is not None:
+            raise CaptureError(self.fail_with)
+        taken = []
+        while self._pending and len(taken) < max_packets:
+            taken.append(self._pending.popleft())
+        if not self._pending:
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        return PacketBatch.from_packets(taken)
+
+    def set_filter(self, program: BpfProgram) -> None:
+        bpf.validate(program)
+        self.filter = program
+        self.filters_set.append(program)
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(self.received, self.dropped, 0)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._r)
+            os.close(self._w)
+
+
+@implementer(ICaptureSystem)
+class FakeCaptureSystem:
+    """A capture system with the interfaces it was given and no OS behind it."""
+
+    def __init__(self, interfaces: list[InterfaceInfo], linktype: int = DLT_EN10MB) -> None:
+        self.interfaces = list(interfaces)
+        self.linktype = linktype
+        self.handles: list[FakeCaptureHandle] = []
+        self.refuse_open: Optional[str] = None
+
+    def list_interfaces(self) -> list[InterfaceInfo]:
+        return list(self.interfaces)
+
+    def _check(self, device: str) -> None:
+        if device not in {i.name for i in self.interfaces}:
+            raise CaptureError(f"{device}: No such device exists")
+        if self.refuse_open is not None:
+            raise CaptureError(self.refuse_open)
+
+    def probe_linktype(self, device: str) -> int:
+        self._check(device)
+        return self.linktype
+
+    def open(self, device: str, options: CaptureOptions) -> ICaptureHandle:
+        self._check(device)
+        handle = FakeCaptureHandle(device, options, self.linktype)
+        self.handles.append(handle)
+        return handle
+
+
+@implementer(IPacketSink)
+@attrs.define(eq=False)
+class RecordingSink:
+    """A data channel that keeps what it was sent."""
+
+    snaplen: int
+    batches: list[PacketBatch] = attrs.field(factory=list)
+    sent: int = 0
+    dropped: int = 0
+    closed: bool = False
+    producer: Optional[IPushProducer] = None
+    on_lost: object = None
+
+    def write_batch(self, batch: PacketBatch) -> None:
+        self.batches.append(batch)
+        self.sent += len(batch)
+
+    def attach_producer(self, producer: IPushProducer) -> None:
+        self.producer = producer
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_lost_callback(self, callback: object) -> None:
+        self.on_lost = callback
+
+
+class FakeDataChannels:
+    """
+    Opens L{RecordingSink}s instead of sockets and records how it was asked.
+    A passive TCP channel connects when the test fires C{pending[-1]}.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ...]] = []
+        self.sinks: list[RecordingSink] = []
+        self.pending: list[defer.Deferred[IPacketSink]] = []
+        self.fail_connect: Optional[Exception] = None
+
+    def listen_tcp(self, interface: str, allowed_host: str, snaplen: int) -> tuple[int, defer.Deferred[IPacketSink]]:
+        self.requests.append(("listen", interface, allowed_host))
+        sink = RecordingSink(snaplen)
+        self.sinks.append(sink)
+        d: defer.Deferred[IPacketSink] = defer.Deferred()
+        self.pending.append(d)
+        d.addCallback(lambda _: sink)
+        return 40000 + len(self.requests), d
+
+    def connect_tcp(self, host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
+        self.requests.append(("connect", host, str(port)))
+        if self.fail_connect is not None:
+            return defer.fail(self.fail_connect)
+        sink = RecordingSink(snaplen)
+        self.sinks.append(sink)
+        return defer.succeed(sink)
+
+    def open_udp(self, host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
+        self.requests.append(("udp", host, str(port)))
+        sink = RecordingSink(snaplen)
+        self.sinks.append(sink)
+        return 50000, sink
