@@ -164,7 +164,9 @@ class FakeDataChannels:
         self.pending: list[defer.Deferred[IPacketSink]] = []
         self.fail_connect: Optional[Exception] = None
 
-    def listen_tcp(self, interface: str, allowed_host: str, snaplen: int) -> tuple[int, defer.Deferred[IPacketSink]]:
+    def listen_tcp(
+        self, interface: str, allowed_host: str, snaplen: int
+    ) -> tuple[int, defer.Deferred[IPacketSink]]:
         self.requests.append(("listen", interface, allowed_host))
         sink = RecordingSink(snaplen)
         self.sinks.append(sink)

@@ -43,8 +43,17 @@ _VALID_LD_MODES = {
     BPF_LDX: {BPF_IMM, BPF_MEM, BPF_LEN, BPF_MSH},
 }
 _VALID_ALU_OPS = {
-    BPF_ADD, BPF_SUB, BPF_MUL, BPF_DIV, BPF_OR, BPF_AND,
-    BPF_LSH, BPF_RSH, BPF_NEG, BPF_MOD, BPF_XOR,
+    BPF_ADD,
+    BPF_SUB,
+    BPF_MUL,
+    BPF_DIV,
+    BPF_OR,
+    BPF_AND,
+    BPF_LSH,
+    BPF_RSH,
+    BPF_NEG,
+    BPF_MOD,
+    BPF_XOR,
 }
 
 

@@ -22,6 +22,7 @@ PKTHDR_SIZE = PKTHDR.size
 _PACKET_MESSAGE_HEAD = struct.Struct("!BBHIIIIII")
 BATCH_RECORD = struct.Struct("=IIII")
 """pcapy-ng's per-packet batch record: ts_sec, ts_usec, offset, caplen."""
+_U32 = 0xFFFFFFFF
 
 
 @attrs.frozen
@@ -68,17 +69,24 @@ def encode_packet_messages(batch: PacketBatch, snaplen: int, first_npkt: int) ->
     head = _PACKET_MESSAGE_HEAD.pack
     data = batch.data
     out = []
-    npkt = first_npkt
+    npkt = first_npkt & _U32  # a u32 on the wire: wraps like libpcap's counter
     for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
         caplen = length if length <= snaplen else snaplen
         out.append(
             head(
-                PROTOCOL_VERSION, MessageType.PACKET, 0, PKTHDR_SIZE + caplen,
-                sec, usec, caplen, length, npkt,
+                PROTOCOL_VERSION,
+                MessageType.PACKET,
+                0,
+                PKTHDR_SIZE + caplen,
+                sec,
+                usec,
+                caplen,
+                length,
+                npkt,
             )
             + data[off : off + caplen]
         )
-        npkt += 1
+        npkt = (npkt + 1) & _U32
     return out
 
 
@@ -90,12 +98,12 @@ def encode_packet_records(batch: PacketBatch, snaplen: int, first_npkt: int) -> 
     pack = PKTHDR.pack
     data = batch.data
     parts = []
-    npkt = first_npkt
+    npkt = first_npkt & _U32  # a u32 on the wire: wraps like libpcap's counter
     for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
         caplen = length if length <= snaplen else snaplen
         parts.append(pack(sec, usec, caplen, length, npkt))
         parts.append(data[off : off + caplen])
-        npkt += 1
+        npkt = (npkt + 1) & _U32
     return b"".join(parts)
 
 

@@ -24,7 +24,6 @@ from .wire import (
     MalformedMessage,
     Message,
     MessageType,
-    RpcapError,
     decode_message,
 )
 
@@ -34,8 +33,11 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024
 _STARTCAP_FIXED = 12
 
 
-class MessageTooLarge(RpcapError):
-    """A header announced more payload than the parser is allowed to buffer."""
+class MessageTooLarge(MalformedMessage):
+    """
+    A header announced more payload than the parser is allowed to buffer.
+    The stream cannot be followed past it: the parser stops there.
+    """
 
     def __init__(self, header: Header, limit: int) -> None:
         super().__init__(f"message of {header.length} bytes exceeds the limit of {limit}")
@@ -73,7 +75,14 @@ class ControlStreamParser:
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.max_payload = max_payload
+        self.broken = False
         self._buffer = bytearray()
+
+    def _break(self, out: list[Received], error: MessageTooLarge) -> list[Received]:
+        self.broken = True
+        self._buffer.clear()
+        out.append(Received(error.header, None, error))
+        return out
 
     @property
     def buffered(self) -> int:
@@ -83,20 +92,29 @@ class ControlStreamParser:
         """
         Add C{data}; return every message now complete, in order.
 
-        @raise MessageTooLarge: a header announced an oversized payload; the
-            stream cannot be trusted past it.
+        A header announcing an oversized payload ends the list with a
+        L{Received} whose error is L{MessageTooLarge}; the parser then
+        discards everything it is fed, since the stream cannot be followed.
         """
+        if self.broken:
+            return []
         self._buffer += data
         out: list[Received] = []
         while len(self._buffer) >= HEADER_SIZE:
             header = Header(*HEADER.unpack_from(self._buffer))
             if header.length > self.max_payload:
-                raise MessageTooLarge(header, self.max_payload)
+                return self._break(out, MessageTooLarge(header, self.max_payload))
             end = HEADER_SIZE + header.length
             if len(self._buffer) < end:
                 break
             extra = _quirk_extra(header, memoryview(self._buffer)[HEADER_SIZE:end])
             if extra:
+                if header.length + extra > self.max_payload:
+                    # What the filter header promises is over the limit too.
+                    return self._break(
+                        out,
+                        MessageTooLarge(attrs.evolve(header, length=header.length + extra), self.max_payload),
+                    )
                 if len(self._buffer) < end + extra:
                     break
                 end += extra

@@ -211,15 +211,12 @@ def decode_filter_block(data: bytes, offset: int = 0) -> Optional[BpfProgram]:
     if ftype != FILTER_TYPE_BPF:
         raise MalformedMessage(f"unsupported filter type {ftype}")
     if nitems > MAX_BPF_INSTRUCTIONS:
-        raise MalformedMessage(
-            f"filter has {nitems} instructions, more than {MAX_BPF_INSTRUCTIONS}"
-        )
+        raise MalformedMessage(f"filter has {nitems} instructions, more than {MAX_BPF_INSTRUCTIONS}")
     start = offset + FILTER_HEADER.size
     if len(data) - start < nitems * BPF_INSN.size:
         raise MalformedMessage("filter program is truncated")
     insns = tuple(
-        BpfInstruction(*BPF_INSN.unpack_from(data, start + n * BPF_INSN.size))
-        for n in range(nitems)
+        BpfInstruction(*BPF_INSN.unpack_from(data, start + n * BPF_INSN.size)) for n in range(nitems)
     )
     return BpfProgram(insns)
 

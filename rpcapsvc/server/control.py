@@ -15,8 +15,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..capture.system import ICaptureSystem
-from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, MessageTooLarge
-from ..protocol.wire import ErrorCode, ErrorReply, Message
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser
+from ..protocol.wire import Message
 from .datachannel import DataChannels
 from .session import IControlChannel, ServerSession, SessionPolicy
 
@@ -56,13 +56,7 @@ class RpcapServerProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.session is not None
-        try:
-            messages = self.parser.feed(data)
-        except MessageTooLarge as e:
-            self.send_message(ErrorReply(ErrorCode.WRONGMSG, str(e)))
-            self.session.close("oversized message")
-            return
-        self.session.received(messages)
+        self.session.received(self.parser.feed(data))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.sessions.discard(self)

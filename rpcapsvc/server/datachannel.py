@@ -176,8 +176,10 @@ class DataChannels:
         result: defer.Deferred[IPacketSink] = defer.Deferred(lambda d: port.stopListening())
         timeout = self._reactor.callLater(  # type: ignore[attr-defined]
             self.accept_timeout,
-            lambda: result.called
-            or result.errback(TimeoutError("the client did not open the data connection in time")),
+            lambda: (
+                result.called
+                or result.errback(TimeoutError("the client did not open the data connection in time"))
+            ),
         )
 
         def connected(s: TcpPacketSink) -> TcpPacketSink:

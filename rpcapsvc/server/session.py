@@ -35,13 +35,12 @@ from ..capture.reader import CaptureReader
 from ..capture.system import (
     CaptureError,
     CaptureOptions,
-    CaptureStats,
     Direction,
     ICaptureHandle,
     ICaptureSystem,
 )
 from ..protocol import bpf
-from ..protocol.framing import Received
+from ..protocol.framing import MessageTooLarge, Received
 from ..protocol.wire import (
     PROTOCOL_VERSION,
     AuthReply,
@@ -219,8 +218,12 @@ class ServerSession:
 
     def _dispatch(self, r: Received) -> Optional[defer.Deferred[None]]:
         mtype = r.header.type
-        if r.header.version != PROTOCOL_VERSION:
+        if r.header.version != PROTOCOL_VERSION and not isinstance(r.error, MessageTooLarge):
             self._error(ErrorCode.WRONGVER, f"RPCAP version {r.header.version} is not supported")
+            return None
+        if isinstance(r.error, MessageTooLarge):
+            self._error(ErrorCode.WRONGMSG, str(r.error))
+            self.close("oversized message")
             return None
         if r.error is not None:
             code = _MALFORMED_CODES.get(mtype, ErrorCode.WRONGMSG)  # type: ignore[call-overload]
@@ -231,8 +234,12 @@ class ServerSession:
             self.close("client closed the session")
             return None
         if isinstance(msg, ErrorReply):
-            self.log.info("Client {peer} reported error {code}: {text}", peer=self.channel.peer_host,
-                          code=msg.code, text=msg.text)
+            self.log.info(
+                "Client {peer} reported error {code}: {text}",
+                peer=self.channel.peer_host,
+                code=msg.code,
+                text=msg.text,
+            )
             return None
         if self.state is SessionState.AWAITING_AUTH:
             if isinstance(msg, AuthRequest):
@@ -288,11 +295,16 @@ class ServerSession:
         return d
 
     def _authenticated(self, user: Optional[bytes]) -> None:
+        if self.state is not SessionState.AWAITING_AUTH:
+            return  # closed (timeout, connection lost) while the login was being checked
         self.user = user
         self.state = SessionState.READY
         self._cancel_auth_timer()
-        self.log.info("Client {peer} authenticated ({how})", peer=self.channel.peer_host,
-                      how="null" if user is None else user.decode("utf-8", "replace"))
+        self.log.info(
+            "Client {peer} authenticated ({how})",
+            peer=self.channel.peer_host,
+            how="null" if user is None else user.decode("utf-8", "replace"),
+        )
         self.channel.send_message(AuthReply())
 
     def _auth_timed_out(self) -> None:
@@ -318,8 +330,10 @@ class ServerSession:
         chosen = [i for i in interfaces if i.name == self.preselected]
         rest = [i for i in interfaces if i.name != self.preselected]
         marked = [
-            attrs.evolve(i, description=f"{i.description} {PRESELECTED_SUFFIX}" if i.description
-                         else PRESELECTED_SUFFIX)
+            attrs.evolve(
+                i,
+                description=f"{i.description} {PRESELECTED_SUFFIX}" if i.description else PRESELECTED_SUFFIX,
+            )
             for i in chosen
         ]
         return marked + rest
@@ -416,7 +430,9 @@ class ServerSession:
 
                 def failed(f: Failure) -> None:
                     self._end_capture()
-                    self._error(ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {f.getErrorMessage()}")
+                    self._error(
+                        ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {f.getErrorMessage()}"
+                    )
 
                 d.addCallbacks(connected, failed)
                 return d  # type: ignore[return-value]
@@ -450,7 +466,9 @@ class ServerSession:
         self.state = SessionState.CAPTURING
         self.log.info(
             "Capture on {device} for {peer} (snaplen {snaplen}, promiscuous {promisc})",
-            device=self.device, peer=self.channel.peer_host, snaplen=options.snaplen,
+            device=self.device,
+            peer=self.channel.peer_host,
+            snaplen=options.snaplen,
             promisc=options.promiscuous,
         )
 
@@ -489,8 +507,12 @@ class ServerSession:
         capture.stop()
         if self.state is SessionState.CAPTURING:
             self.state = SessionState.OPENED
-        self.log.info("Capture on {device} for {peer} ended: {stats}", device=self.device,
-                      peer=self.channel.peer_host, stats=self._last_stats)
+        self.log.info(
+            "Capture on {device} for {peer} ended: {stats}",
+            device=self.device,
+            peer=self.channel.peer_host,
+            stats=self._last_stats,
+        )
 
     def _updatefilter(self, msg: UpdateFilterRequest) -> None:
         if self._capture is None:

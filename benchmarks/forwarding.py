@@ -1,0 +1,767 @@
+"""
+Forwarding benchmark: libpcap's rpcapd and rpcapsvc side by side.
+
+For each daemon in turn, and for each data channel (TCP, UDP), packet size and
+rate, the same UDP packets are replayed onto a private wire while one RPCAP
+client captures them through the daemon.  Recorded per case:
+
+- packets replayed (tcpreplay) and packets that arrived on the capture end of
+  the wire (the interface's rx counter);
+- packets the client received, and the loss between the two;
+- the daemon's CPU time during the case (every thread of the daemon and of its
+  children, from /proc/PID/task/TID/schedstat), per forwarded packet and as a
+  share of one core over the replay time;
+- the client's pcap_stats (the daemon's kernel drops) and its own CPU time.
+
+The wire is a veth pair: ``rpcb1`` inside the network namespace
+``rpcbench-ns`` (tcpreplay sends there) and ``rpcb0`` in the root namespace
+(the daemons capture there), with addresses from the benchmark range
+198.18.0.0/15 and nothing routed.  It is removed on exit, Ctrl-C included.
+
+The client is ``bench-client.c`` (next to this file), compiled on the fly
+against the static libpcap of the reference peers (``make peers``): it counts
+packets instead of printing them, so it is never the bottleneck.
+
+Run as root (namespaces, veth, capture)::
+
+    python benchmarks/forwarding.py                      # default matrix
+    python benchmarks/forwarding.py --rate 50k --size 64 --channel tcp --seconds 3
+
+Results: a table on stdout and JSON in benchmarks/results/<timestamp>.json.
+Needs: ip (iproute2), tcpreplay, a C compiler, and .peers/ (rpcapd and the
+static libpcap, from scripts/build-reference-peers.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Iterator, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "benchmarks"
+CLIENT_SOURCE = BENCH_DIR / "bench-client.c"
+
+NETNS = "rpcbench-ns"
+WIRE_IFACE = "rpcb0"  # root namespace: the daemons capture here
+NS_IFACE = "rpcb1"  # inside NETNS: tcpreplay sends here
+WIRE_ADDR = "198.18.0.2"
+NS_ADDR = "198.18.0.1"
+PREFIX_LEN = 30
+# The replayed frames are addressed to a MAC nobody has, so the receiving
+# kernel drops them right after the capture taps (no UDP or ICMP work).
+SRC_MAC = bytes.fromhex("020000b11801")
+DST_MAC = bytes.fromhex("020000b118fe")
+UDP_SRC_PORT = 40000
+UDP_DST_PORT = 9  # discard
+CAPTURE_FILTER = f"udp and dst port {UDP_DST_PORT}"
+DISTINCT_PACKETS = 1000  # packets in the pcap; tcpreplay loops over it
+
+CLIENT_TIMEOUT_MS = 100  # pcap read timeout, sent to the daemon in startcap
+CLIENT_IDLE_MS = 1000  # after the replay, the client stops after this long without packets
+SETTLE_SECONDS = 0.5  # between "capture running" and the replay
+
+DAEMONS = ("libpcap", "rpcapsvc")
+CHANNELS = ("tcp", "udp")
+
+
+# --- small helpers -------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a short command, capturing its output."""
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def in_netns(*cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", NETNS, *cmd]
+
+
+def parse_count(text: str) -> int:
+    """'50000', '50k' or '1M' as an integer."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+# --- the wire ------------------------------------------------------------------
+
+
+def remove_wire() -> None:
+    """Delete the namespace (and the veth end in it) and the root end; idempotent."""
+    run("ip", "netns", "del", NETNS, check=False)
+    run("ip", "link", "del", WIRE_IFACE, check=False)
+
+
+def create_wire() -> None:
+    remove_wire()
+    run("ip", "netns", "add", NETNS)
+    run("ip", "link", "add", WIRE_IFACE, "type", "veth", "peer", "name", NS_IFACE, "netns", NETNS)
+    # No IPv6 on either end: no router solicitations or MLD on the wire.
+    run("sysctl", "-qw", f"net.ipv6.conf.{WIRE_IFACE}.disable_ipv6=1", check=False)
+    run(*in_netns("sysctl", "-qw", f"net.ipv6.conf.{NS_IFACE}.disable_ipv6=1"), check=False)
+    run("ip", "addr", "add", f"{WIRE_ADDR}/{PREFIX_LEN}", "dev", WIRE_IFACE)
+    run(*in_netns("ip", "addr", "add", f"{NS_ADDR}/{PREFIX_LEN}", "dev", NS_IFACE))
+    run(*in_netns("ip", "link", "set", NS_IFACE, "address", SRC_MAC.hex(":")))
+    run("ip", "link", "set", WIRE_IFACE, "up")
+    run(*in_netns("ip", "link", "set", NS_IFACE, "up"))
+    run(*in_netns("ip", "link", "set", "lo", "up"))
+
+
+def wire_rx_packets() -> int:
+    return int(Path(f"/sys/class/net/{WIRE_IFACE}/statistics/rx_packets").read_text())
+
+
+# --- the traffic ---------------------------------------------------------------
+
+
+def ipv4_checksum(header: bytes) -> int:
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_frame(size: int, seq: int) -> bytes:
+    """An Ethernet/IPv4/UDP frame of C{size} bytes (no FCS), numbered C{seq}."""
+    payload_len = size - 14 - 20 - 8
+    if payload_len < 4:
+        raise ValueError("frames must be at least 46 bytes")
+    payload = struct.pack("!I", seq) + bytes(payload_len - 4)
+    udp = struct.pack("!HHHH", UDP_SRC_PORT, UDP_DST_PORT, 8 + payload_len, 0) + payload
+    ip_head = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(udp), seq & 0xFFFF, 0x4000, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(NS_ADDR), socket.inet_aton(WIRE_ADDR),
+    )  # fmt: skip
+    ip_head = ip_head[:10] + struct.pack("!H", ipv4_checksum(ip_head)) + ip_head[12:]
+    return DST_MAC + SRC_MAC + struct.pack("!H", 0x0800) + ip_head + udp
+
+
+def write_pcap(path: Path, count: int, size: int) -> None:
+    """A classic pcap file (microsecond timestamps, Ethernet) of C{count} frames."""
+    with path.open("wb") as f:
+        f.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for seq in range(count):
+            frame = udp_frame(size, seq)
+            f.write(struct.pack("=IIII", 1_700_000_000, seq, len(frame), len(frame)))
+            f.write(frame)
+
+
+@dataclass
+class Replay:
+    sent: int
+    failed: int
+    seconds: float
+    pps: float
+
+
+def replay(pcap: Path, rate: int, loops: int) -> Replay:
+    """Replay C{pcap} C{loops} times at C{rate} packets/s from inside the namespace."""
+    cmd = in_netns(
+        "tcpreplay", "--preload-pcap", f"--pps={rate}", f"--loop={loops}", "-i", NS_IFACE, str(pcap)
+    )
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    actual = re.search(r"Actual: (\d+) packets .* sent in ([\d.]+) seconds", out)
+    rated = re.search(r"Rated: .*?([\d.]+) pps", out)
+    failed = re.search(r"Failed packets:\s+(\d+)", out)
+    if not actual:
+        raise RuntimeError(f"cannot read tcpreplay's report:\n{out}")
+    return Replay(
+        sent=int(actual.group(1)),
+        failed=int(failed.group(1)) if failed else 0,
+        seconds=float(actual.group(2)),
+        pps=float(rated.group(1)) if rated else 0.0,
+    )
+
+
+# --- CPU time --------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """C{pid} and all its descendants (from the parent pids in /proc/*/stat)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Field 4 (ppid) comes after the command name, which may hold spaces.
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process just ended
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += parents.get(p, [])
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of every thread of C{pid}, nanosecond resolution (schedstat)."""
+    total = 0
+    for sched in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(sched.read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # the thread just ended
+    return total / 1e9
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of C{pid} and of each of its live descendants (rpcapd forks per client)."""
+    return {p: cpu_seconds(p) for p in process_tree(pid)}
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU time used between two L{tree_cpu_seconds} samples by the processes in both."""
+    return sum(after[p] - before[p] for p in before.keys() & after.keys())
+
+
+# --- the daemons -------------------------------------------------------------------
+
+
+class Daemon:
+    """A daemon under test, listening on 127.0.0.1:port with null auth."""
+
+    name = ""
+
+    def __init__(self, port: int, logdir: Path) -> None:
+        self.port = port
+        self.logfile = logdir / f"{self.name}.log"
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self._log: Optional[IO[bytes]] = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        self._log = self.logfile.open("ab")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.environment(),
+            cwd=self.logfile.parent,
+            # Its own process group: libpcap's rpcapd ends with kill(0, SIGKILL).
+            start_new_session=True,
+        )
+        wait_for(lambda: self._listening() or not self.alive(), 30, f"{self.name} to listen")
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited at start; see {self.logfile}")
+
+    def _listening(self) -> bool:
+        """Is a socket in LISTEN state on 127.0.0.1:port (from /proc/net/tcp)?"""
+        wanted = f"0100007F:{self.port:04X}"
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":
+                return True
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            # Children it may have left (rpcapd's per-client processes).
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class LibpcapRpcapd(Daemon):
+    """libpcap 1.10.5's rpcapd, in the foreground (it forks one child per client)."""
+
+    name = "libpcap"
+
+    def __init__(self, port: int, logdir: Path, peers: Path) -> None:
+        super().__init__(port, logdir)
+        self.binary = peers / "bin" / "rpcapd"
+
+    def command(self) -> list[str]:
+        return [str(self.binary), "-4", "-n", "-b", "127.0.0.1", "-p", str(self.port)]
+
+
+class Rpcapsvc(Daemon):
+    """This project's daemon under twistd -n, with whichever Python runs the benchmark."""
+
+    name = "rpcapsvc"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "rpcapd",
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--null-auth",
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
+
+
+# --- the client ----------------------------------------------------------------------
+
+
+def build_client(peers: Path, outdir: Path) -> Path:
+    """Compile bench-client.c against the reference peers' static libpcap."""
+    pcap_config = peers / "bin" / "pcap-config"
+    static_lib = peers / "lib" / "libpcap.a"
+    if not pcap_config.exists() or not static_lib.exists():
+        raise SystemExit(f"no static libpcap in {peers}: run `make peers` first")
+    cflags = run(str(pcap_config), "--cflags").stdout.split()
+    libs = run(str(pcap_config), "--static-pcap-only", "--libs").stdout.split()
+    # Link the .a by path so the system's libpcap.so can never be picked.
+    libs = [str(static_lib) if lib == "-lpcap" else lib for lib in libs if lib != f"-L{peers}/lib"]
+    binary = outdir / "bench-client"
+    cc = os.environ.get("CC", "cc")
+    run(
+        cc,
+        "-std=gnu11",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        *cflags,
+        "-o",
+        str(binary),
+        str(CLIENT_SOURCE),
+        *libs,
+    )
+    return binary
+
+
+class Client:
+    """bench-client capturing rpcap://127.0.0.1:PORT/rpcb0 (see bench-client.c)."""
+
+    def __init__(self, binary: Path, port: int, channel: str, expected: int, max_seconds: float) -> None:
+        cmd = [
+            str(binary), f"rpcap://127.0.0.1:{port}/{WIRE_IFACE}",
+            "--filter", CAPTURE_FILTER,
+            "--timeout-ms", str(CLIENT_TIMEOUT_MS), "--idle-ms", str(CLIENT_IDLE_MS),
+            "--count", str(expected), "--max-seconds", str(max_seconds),
+        ]  # fmt: skip
+        if channel == "udp":
+            cmd.append("--udp")
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def read_line(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            err = self.process.stderr.read() if self.process.stderr else ""
+            raise RuntimeError(f"bench-client ended early: {err.strip()}")
+        message: dict[str, object] = json.loads(line)
+        if "error" in message:
+            raise RuntimeError(f"bench-client: {message['error']}")
+        return message
+
+    def replay_done(self) -> None:
+        """Tell the client to stop once no packet has come for CLIENT_IDLE_MS."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("drain\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        """Let the client end its session and exit."""
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# --- profiling (optional) ------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy recording one process (rpcapsvc) until stopped, in py-spy's raw format."""
+
+    def __init__(self, py_spy: str, pid: int, output: Path, native: bool) -> None:
+        self.output = output
+        cmd = [py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", str(output)]
+        if native:
+            cmd.append("--native")
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # let it attach
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """The frames with the most samples in a py-spy raw file: on top of the stack, and anywhere in it."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + count
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples"]
+    for title, table in (
+        ("on top of the stack (self)", own),
+        ("anywhere in the stack (inclusive)", anywhere),
+    ):
+        lines.append(f"  {title}:")
+        for frame, count in sorted(table.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"    {100.0 * count / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+# --- one case ------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    daemon: str
+    channel: str
+    size: int
+    rate: int
+    packets: int
+
+
+@dataclass
+class Result:
+    case: Case
+    sent: int = 0
+    failed: int = 0
+    arrived: int = 0
+    received: int = 0
+    loss_pct: float = 0.0
+    replay_seconds: float = 0.0
+    replay_pps: float = 0.0
+    daemon_cpu_seconds: float = 0.0
+    daemon_processes: int = 0
+    cpu_us_per_packet: Optional[float] = None
+    cpu_pct: float = 0.0
+    client_cpu_seconds: float = 0.0
+    client_stats: dict[str, object] = field(default_factory=dict)
+    udp_rcvbuf_errors: int = 0
+    profile: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class Profiling:
+    py_spy: str
+    directory: Path
+    native: bool
+
+
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer."""
+    lines = [
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")
+    ]
+    return int(dict(zip(lines[0], lines[1]))["RcvbufErrors"])
+
+
+def run_case(
+    daemon: Daemon, client_binary: Path, pcap: Path, case: Case, profile: Optional[Profiling] = None
+) -> Result:
+    result = Result(case)
+    profiler: Optional[Profiler] = None
+    loops = case.packets // DISTINCT_PACKETS
+    client = Client(
+        client_binary, daemon.port, case.channel, case.packets,
+        max_seconds=30 + 3 * case.packets / case.rate,
+    )  # fmt: skip
+    try:
+        client.read_line()  # {"ready": true}: the daemon is capturing
+        if profile is not None:
+            result.profile = str(
+                profile.directory / f"{case.daemon}-{case.channel}-{case.size}B-{case.rate}pps.txt"
+            )
+            profiler = Profiler(profile.py_spy, daemon.pid, Path(result.profile), profile.native)
+        time.sleep(SETTLE_SECONDS)
+        rx_before, rcvbuf_before = wire_rx_packets(), udp_rcvbuf_errors()
+        cpu_before = tree_cpu_seconds(daemon.pid)
+        replayed = replay(pcap, case.rate, loops)
+        client.replay_done()
+        summary = client.read_line()  # the client has drained, the session is still open
+        cpu_after = tree_cpu_seconds(daemon.pid)
+        result.client_cpu_seconds = cpu_seconds(client.process.pid)
+        result.arrived = wire_rx_packets() - rx_before
+        result.udp_rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_before
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        client.close()
+
+    result.sent, result.failed = replayed.sent, replayed.failed
+    result.replay_seconds, result.replay_pps = replayed.seconds, replayed.pps
+    result.received = int(summary["packets"])  # type: ignore[call-overload]
+    result.client_stats = summary.get("stats", {})  # type: ignore[assignment]
+    result.loss_pct = 100.0 * (result.sent - result.received) / result.sent if result.sent else 0.0
+    result.daemon_cpu_seconds = cpu_used(cpu_before, cpu_after)
+    result.daemon_processes = len(cpu_before.keys() & cpu_after.keys())
+    if result.received:
+        result.cpu_us_per_packet = result.daemon_cpu_seconds * 1e6 / result.received
+    if replayed.seconds:
+        result.cpu_pct = 100.0 * result.daemon_cpu_seconds / replayed.seconds
+    return result
+
+
+# --- the report ----------------------------------------------------------------------
+
+
+def format_table(results: list[Result]) -> str:
+    head = (
+        f"{'daemon':<9} {'chan':<4} {'size':>5} {'rate':>7} {'sent':>8} {'arrived':>8} "
+        f"{'received':>8} {'loss %':>7} {'CPU µs/pkt':>10} {'CPU %':>6} {'krnl drop':>9} {'rcvbuf drop':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        c = r.case
+        if r.error:
+            lines.append(f"{c.daemon:<9} {c.channel:<4} {c.size:>5} {c.rate:>7} ERROR: {r.error}")
+            continue
+        per_packet = f"{r.cpu_us_per_packet:.2f}" if r.cpu_us_per_packet is not None else "-"
+        drops = r.client_stats.get("ps_drop", "-")
+        lines.append(
+            f"{c.daemon:<9} {c.channel:<4} {c.size:>5} {c.rate:>7} {r.sent:>8} {r.arrived:>8} "
+            f"{r.received:>8} {r.loss_pct:>7.2f} {per_packet:>10} {r.cpu_pct:>6.1f} {drops!s:>9} "
+            f"{r.udp_rcvbuf_errors if c.channel == 'udp' else '-'!s:>11}"
+        )
+    return "\n".join(lines)
+
+
+def source_description() -> dict[str, object]:
+    """The commit measured, and whether rpcapsvc had uncommitted changes."""
+    commit = run("git", "-C", str(REPO), "rev-parse", "HEAD", check=False).stdout.strip()
+    dirty = run("git", "-C", str(REPO), "status", "--porcelain", "--", "rpcapsvc", check=False).stdout
+    return {"commit": commit, "rpcapsvc_uncommitted_changes": bool(dirty.strip())}
+
+
+def machine_description() -> dict[str, object]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "tcpreplay": run("tcpreplay", "-V", check=False).stdout.splitlines()[0:1],
+    }
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def cases(args: argparse.Namespace) -> Iterator[Case]:
+    for daemon in args.daemon:
+        for channel in args.channel:
+            for size in args.size:
+                for rate in args.rate:
+                    wanted = max(DISTINCT_PACKETS, int(rate * args.seconds))
+                    packets = -(-wanted // DISTINCT_PACKETS) * DISTINCT_PACKETS
+                    yield Case(daemon, channel, size, rate, packets)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--rate", type=parse_count, action="append", help="packets/s (repeatable; 10k, 50k, 100k)"
+    )
+    parser.add_argument(
+        "--size", type=int, action="append", help="frame size in bytes (repeatable; 64, 1000)"
+    )
+    parser.add_argument("--seconds", type=float, default=2.0, help="replay time per case (default 2)")
+    parser.add_argument(
+        "--channel", choices=CHANNELS, action="append", help="data channel (repeatable; both)"
+    )
+    parser.add_argument("--daemon", choices=DAEMONS, action="append", help="daemon (repeatable; both)")
+    parser.add_argument("--peers", type=Path, default=REPO / ".peers", help="reference peers prefix (.peers)")
+    parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<timestamp>.json)")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="profile rpcapsvc with py-spy in every case (slows it down: its figures are then not comparable)",
+    )
+    parser.add_argument("--native", action="store_true", help="with --py-spy: C frames too (py-spy --native)")
+    args = parser.parse_args(argv)
+    args.rate = args.rate or [10_000, 50_000, 100_000]
+    args.size = args.size or [64, 1000]
+    args.channel = args.channel or list(CHANNELS)
+    args.daemon = args.daemon or list(DAEMONS)
+    return args
+
+
+def check_prerequisites(peers: Path) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark makes a network namespace and captures")
+    for tool in ("ip", "tcpreplay", os.environ.get("CC", "cc")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found")
+    if not (peers / "bin" / "rpcapd").exists():
+        raise SystemExit(f"no rpcapd in {peers}/bin: run `make peers` first")
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C: through the finally blocks that clean up."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    check_prerequisites(args.peers)
+    started = time.strftime("%Y%m%dT%H%M%S")
+    output = args.output or BENCH_DIR / "results" / f"{started}.json"
+    signal.signal(signal.SIGTERM, interrupt)
+    profiling: Optional[Profiling] = None
+    if args.py_spy:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).exists():
+            raise SystemExit("py-spy not found: pip install py-spy")
+        profiling = Profiling(py_spy, output.with_suffix(""), args.native)
+        profiling.directory.mkdir(parents=True, exist_ok=True)
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="rpcbench-") as tmp:
+        workdir = Path(tmp)
+        client_binary = build_client(args.peers, workdir)
+        pcaps: dict[int, Path] = {}
+        for size in args.size:
+            pcaps[size] = workdir / f"udp-{size}.pcap"
+            write_pcap(pcaps[size], DISTINCT_PACKETS, size)
+        try:
+            create_wire()
+            log(f"wire up: {NETNS}/{NS_IFACE} -> {WIRE_IFACE}")
+            for name in args.daemon:
+                daemon: Daemon
+                port = free_tcp_port()
+                if name == "libpcap":
+                    daemon = LibpcapRpcapd(port, workdir, args.peers)
+                else:
+                    daemon = Rpcapsvc(port, workdir)
+                try:
+                    for case in (c for c in cases(args) if c.daemon == name):
+                        if not daemon.alive():
+                            if daemon.process is not None:
+                                log(
+                                    f"{name} is gone (exit status {daemon.process.returncode}): restarting it"
+                                )
+                            daemon.stop()
+                            daemon.start()
+                        log(f"{name} {case.channel} {case.size}B {case.rate} pps x {case.packets}")
+                        try:
+                            profile = profiling if name == "rpcapsvc" else None
+                            result = run_case(daemon, client_binary, pcaps[case.size], case, profile)
+                        except (RuntimeError, subprocess.CalledProcessError) as e:
+                            result = Result(case, error=str(e).strip().splitlines()[-1])
+                        results.append(result)
+                finally:
+                    daemon.stop()
+                    logs = daemon.logfile.read_text(errors="replace") if daemon.logfile.exists() else ""
+                    if any(r.error for r in results if r.case.daemon == name) and logs:
+                        log(f"{name} log (last lines):\n" + "\n".join(logs.splitlines()[-20:]))
+        except KeyboardInterrupt:
+            log("interrupted")
+        finally:
+            remove_wire()
+
+    print(format_table(results))
+    for result in results:
+        if result.profile and Path(result.profile).exists():
+            print()
+            print(profile_summary(Path(result.profile)))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "started": started,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_description(),
+        "source": source_description(),
+        "settings": {
+            "seconds": args.seconds,
+            "filter": CAPTURE_FILTER,
+            "client_timeout_ms": CLIENT_TIMEOUT_MS,
+            "client_idle_ms": CLIENT_IDLE_MS,
+        },
+        "results": [asdict(r) for r in results],
+    }
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"results: {output}")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
