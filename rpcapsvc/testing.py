@@ -69,7 +69,7 @@ class FakeCaptureHandle:
     def read_batch(self, max_packets: int) -> PacketBatch:
         if self.fail_with is not None:
             raise CaptureError(self.fail_with)
-        taken = []
+        taken: list[tuple[int, int, bytes]] = []
         while self._pending and len(taken) < max_packets:
             taken.append(self._pending.popleft())
         if not self._pending:

@@ -104,7 +104,7 @@ class _SockFprog(ctypes.Structure):
 def attach_kernel_filter(fd: int, program: BpfProgram) -> None:
     """Attach a classic BPF program to the packet socket C{fd}."""
     insns = (_SockFilter * len(program.instructions))(
-        *((i.code, i.jt, i.jf, i.k & 0xFFFFFFFF) for i in program.instructions)
+        *(_SockFilter(i.code, i.jt, i.jf, i.k & 0xFFFFFFFF) for i in program.instructions)
     )
     fprog = _SockFprog(len(program.instructions), insns)
     sock = socket.socket(fileno=socket.dup(fd))

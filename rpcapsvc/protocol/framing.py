@@ -54,7 +54,7 @@ class Received:
     error: Optional[MalformedMessage] = None
 
 
-def _quirk_extra(header: Header, payload: bytes | bytearray) -> int:
+def _quirk_extra(header: Header, payload: "bytes | bytearray | memoryview") -> int:
     """
     How many bytes past C{plen} a startcap's filter block claims; 0 unless
     this is libpcap's short-length startcap.

@@ -108,5 +108,5 @@ class RpcapServerFactory(protocol.Factory):
         self.max_message_size = max_message_size
         self.sessions: set[RpcapServerProtocol] = set()
 
-    def buildProtocol(self, addr: IAddress) -> RpcapServerProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> RpcapServerProtocol:
         return RpcapServerProtocol(self)

@@ -109,11 +109,11 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
     log = Logger()
 
     def write_batch(self, batch: PacketBatch) -> None:
-        write = self.transport.write  # type: ignore[union-attr]
+        write = self.transport.write  # type: ignore[union-attr,call-arg]
         first = self.sent + self.dropped + 1
         for message in encode_packet_messages(batch, self.snaplen, first):
             try:
-                write(message)
+                write(message)  # type: ignore[call-arg]
             except MessageLengthError:
                 self.dropped += 1
                 continue
@@ -145,7 +145,7 @@ class _OneConnectionFactory(protocol.Factory):
         self.allowed_host = allowed_host
         self.sink: Optional[TcpPacketSink] = sink
 
-    def buildProtocol(self, addr: IAddress) -> Optional[protocol.Protocol]:
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[protocol.Protocol]:
         if self.sink is None or getattr(addr, "host", None) != self.allowed_host:
             return None
         sink, self.sink = self.sink, None
@@ -173,14 +173,16 @@ class DataChannels:
         port: IListeningPort = self._reactor.listenTCP(  # type: ignore[attr-defined]
             0, _OneConnectionFactory(allowed_host, sink), backlog=1, interface=interface
         )
-        result: defer.Deferred[IPacketSink] = defer.Deferred(lambda d: port.stopListening())
-        timeout = self._reactor.callLater(  # type: ignore[attr-defined]
-            self.accept_timeout,
-            lambda: (
-                result.called
-                or result.errback(TimeoutError("the client did not open the data connection in time"))
-            ),
-        )
+
+        def cancel(d: defer.Deferred[IPacketSink]) -> None:
+            port.stopListening()
+
+        def time_out() -> None:
+            if not result.called:
+                result.errback(TimeoutError("the client did not open the data connection in time"))
+
+        result: defer.Deferred[IPacketSink] = defer.Deferred(cancel)
+        timeout = self._reactor.callLater(self.accept_timeout, time_out)  # type: ignore[attr-defined]
 
         def connected(s: TcpPacketSink) -> TcpPacketSink:
             port.stopListening()
