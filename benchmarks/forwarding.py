@@ -46,10 +46,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO, Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
@@ -230,25 +231,58 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """On-CPU time of every thread of C{pid}, nanosecond resolution (schedstat)."""
+@dataclass(frozen=True)
+class Usage:
+    """
+    What a process used: CPU seconds (C{cpu} from schedstat, nanosecond
+    resolution; C{user}/C{system} from stat, clock-tick resolution) and minor
+    page faults.
+    """
+
+    cpu: float = 0.0
+    user: float = 0.0
+    system: float = 0.0
+    minor_faults: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(*(a - b for a, b in zip(astuple(self), astuple(other))))
+
+
+_TICK = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def usage(pid: int) -> Usage:
+    """What every thread of C{pid} used so far (zero for a process that is gone)."""
     total = 0
     for sched in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
             total += int(sched.read_text().split()[0])
         except (OSError, IndexError, ValueError):
             pass  # the thread just ended
-    return total / 1e9
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user, system = int(fields[11]) * _TICK, int(fields[12]) * _TICK
+        faults = int(fields[7])
+    except (OSError, IndexError, ValueError):
+        user = system = 0.0
+        faults = 0
+    return Usage(total / 1e9, user, system, faults)
 
 
-def tree_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU time of C{pid} and of each of its live descendants (rpcapd forks per client)."""
-    return {p: cpu_seconds(p) for p in process_tree(pid)}
+def tree_usage(pid: int) -> dict[int, Usage]:
+    """L{usage} of C{pid} and of each of its live descendants (rpcapd forks per client)."""
+    return {p: usage(p) for p in process_tree(pid)}
 
 
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU time used between two L{tree_cpu_seconds} samples by the processes in both."""
-    return sum(after[p] - before[p] for p in before.keys() & after.keys())
+def used_between(before: dict[int, Usage], after: dict[int, Usage]) -> Usage:
+    """What the processes in both L{tree_usage} samples used between them."""
+    used = Usage()
+    for p in before.keys() & after.keys():
+        used += after[p] - before[p]
+    return used
 
 
 # --- the daemons -------------------------------------------------------------------
@@ -401,12 +435,18 @@ class Client:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
-    def read_line(self) -> dict[str, object]:
+    def read_line(self, timeout: float) -> dict[str, object]:
+        """The client's next JSON line; it is killed if none comes within C{timeout} seconds."""
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        watchdog = threading.Timer(timeout, self.process.kill)
+        watchdog.start()
+        try:
+            line = self.process.stdout.readline()
+        finally:
+            watchdog.cancel()
         if not line:
             err = self.process.stderr.read() if self.process.stderr else ""
-            raise RuntimeError(f"bench-client ended early: {err.strip()}")
+            raise RuntimeError(f"bench-client ended early or hung: {err.strip()}")
         message: dict[str, object] = json.loads(line)
         if "error" in message:
             raise RuntimeError(f"bench-client: {message['error']}")
@@ -457,7 +497,11 @@ class Profiler:
 
 
 def profile_summary(path: Path, top: int = 12) -> str:
-    """The frames with the most samples in a py-spy raw file: on top of the stack, and anywhere in it."""
+    """
+    The frames with the most samples in a py-spy raw file: on top of the stack
+    (where the time is spent), and anywhere in it (which code it is spent
+    under; frames in 90% of the samples or more, the reactor loop, left out).
+    """
     own: dict[str, int] = {}
     anywhere: dict[str, int] = {}
     total = 0
@@ -474,10 +518,8 @@ def profile_summary(path: Path, top: int = 12) -> str:
     if not total:
         return f"{path.name}: no samples"
     lines = [f"{path.name}: {total} samples"]
-    for title, table in (
-        ("on top of the stack (self)", own),
-        ("anywhere in the stack (inclusive)", anywhere),
-    ):
+    under = {frame: count for frame, count in anywhere.items() if count < 0.9 * total}
+    for title, table in (("on top of the stack (self)", own), ("anywhere in the stack (inclusive)", under)):
         lines.append(f"  {title}:")
         for frame, count in sorted(table.items(), key=lambda item: -item[1])[:top]:
             lines.append(f"    {100.0 * count / total:5.1f}%  {frame}")
@@ -507,6 +549,9 @@ class Result:
     replay_seconds: float = 0.0
     replay_pps: float = 0.0
     daemon_cpu_seconds: float = 0.0
+    daemon_user_seconds: float = 0.0
+    daemon_system_seconds: float = 0.0
+    daemon_minor_faults: int = 0
     daemon_processes: int = 0
     cpu_us_per_packet: Optional[float] = None
     cpu_pct: float = 0.0
@@ -515,6 +560,12 @@ class Result:
     udp_rcvbuf_errors: int = 0
     profile: Optional[str] = None
     error: Optional[str] = None
+
+    @property
+    def system_share_pct(self) -> float:
+        """The kernel's share of the daemon's CPU time (clock-tick resolution)."""
+        ticks = self.daemon_user_seconds + self.daemon_system_seconds
+        return 100.0 * self.daemon_system_seconds / ticks if ticks else 0.0
 
 
 @dataclass
@@ -543,7 +594,7 @@ def run_case(
         max_seconds=30 + 3 * case.packets / case.rate,
     )  # fmt: skip
     try:
-        client.read_line()  # {"ready": true}: the daemon is capturing
+        client.read_line(timeout=30)  # {"ready": true}: the daemon is capturing
         if profile is not None:
             result.profile = str(
                 profile.directory / f"{case.daemon}-{case.channel}-{case.size}B-{case.rate}pps.txt"
@@ -551,12 +602,13 @@ def run_case(
             profiler = Profiler(profile.py_spy, daemon.pid, Path(result.profile), profile.native)
         time.sleep(SETTLE_SECONDS)
         rx_before, rcvbuf_before = wire_rx_packets(), udp_rcvbuf_errors()
-        cpu_before = tree_cpu_seconds(daemon.pid)
+        usage_before = tree_usage(daemon.pid)
         replayed = replay(pcap, case.rate, loops)
         client.replay_done()
-        summary = client.read_line()  # the client has drained, the session is still open
-        cpu_after = tree_cpu_seconds(daemon.pid)
-        result.client_cpu_seconds = cpu_seconds(client.process.pid)
+        # The client has drained; the session is still open.
+        summary = client.read_line(timeout=30 + 2 * case.packets / case.rate)
+        usage_after = tree_usage(daemon.pid)
+        result.client_cpu_seconds = usage(client.process.pid).cpu
         result.arrived = wire_rx_packets() - rx_before
         result.udp_rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_before
     finally:
@@ -569,8 +621,11 @@ def run_case(
     result.received = int(summary["packets"])  # type: ignore[call-overload]
     result.client_stats = summary.get("stats", {})  # type: ignore[assignment]
     result.loss_pct = 100.0 * (result.sent - result.received) / result.sent if result.sent else 0.0
-    result.daemon_cpu_seconds = cpu_used(cpu_before, cpu_after)
-    result.daemon_processes = len(cpu_before.keys() & cpu_after.keys())
+    used = used_between(usage_before, usage_after)
+    result.daemon_cpu_seconds = used.cpu
+    result.daemon_user_seconds, result.daemon_system_seconds = used.user, used.system
+    result.daemon_minor_faults = used.minor_faults
+    result.daemon_processes = len(usage_before.keys() & usage_after.keys())
     if result.received:
         result.cpu_us_per_packet = result.daemon_cpu_seconds * 1e6 / result.received
     if replayed.seconds:
@@ -581,24 +636,39 @@ def run_case(
 # --- the report ----------------------------------------------------------------------
 
 
+TABLE_COLUMNS: tuple[tuple[str, int, Callable[[Result], object]], ...] = (
+    # heading, width, cell(result)
+    ("daemon", -9, lambda r: r.case.daemon),
+    ("chan", -4, lambda r: r.case.channel),
+    ("size", 5, lambda r: r.case.size),
+    ("rate", 7, lambda r: r.case.rate),
+    ("sent", 8, lambda r: r.sent),
+    ("arrived", 8, lambda r: r.arrived),
+    ("received", 8, lambda r: r.received),
+    ("loss %", 7, lambda r: f"{r.loss_pct:.2f}"),
+    ("CPU µs/pkt", 10, lambda r: "-" if r.cpu_us_per_packet is None else f"{r.cpu_us_per_packet:.2f}"),
+    ("CPU %", 6, lambda r: f"{r.cpu_pct:.1f}"),
+    ("sys %", 5, lambda r: f"{r.system_share_pct:.0f}"),
+    ("krnl drop", 9, lambda r: r.client_stats.get("ps_drop", "-")),
+    ("rcvbuf drop", 11, lambda r: r.udp_rcvbuf_errors if r.case.channel == "udp" else "-"),
+)
+
+
 def format_table(results: list[Result]) -> str:
-    head = (
-        f"{'daemon':<9} {'chan':<4} {'size':>5} {'rate':>7} {'sent':>8} {'arrived':>8} "
-        f"{'received':>8} {'loss %':>7} {'CPU µs/pkt':>10} {'CPU %':>6} {'krnl drop':>9} {'rcvbuf drop':>11}"
-    )
+    """One line per case; a negative width means left-aligned."""
+
+    def cell(text: object, width: int) -> str:
+        return f"{text!s:<{-width}}" if width < 0 else f"{text!s:>{width}}"
+
+    head = " ".join(cell(title, width) for title, width, _ in TABLE_COLUMNS)
     lines = [head, "-" * len(head)]
     for r in results:
-        c = r.case
         if r.error:
-            lines.append(f"{c.daemon:<9} {c.channel:<4} {c.size:>5} {c.rate:>7} ERROR: {r.error}")
-            continue
-        per_packet = f"{r.cpu_us_per_packet:.2f}" if r.cpu_us_per_packet is not None else "-"
-        drops = r.client_stats.get("ps_drop", "-")
-        lines.append(
-            f"{c.daemon:<9} {c.channel:<4} {c.size:>5} {c.rate:>7} {r.sent:>8} {r.arrived:>8} "
-            f"{r.received:>8} {r.loss_pct:>7.2f} {per_packet:>10} {r.cpu_pct:>6.1f} {drops!s:>9} "
-            f"{r.udp_rcvbuf_errors if c.channel == 'udp' else '-'!s:>11}"
-        )
+            lines.append(
+                " ".join(cell(get(r), width) for _, width, get in TABLE_COLUMNS[:4]) + f" ERROR: {r.error}"
+            )
+        else:
+            lines.append(" ".join(cell(get(r), width) for _, width, get in TABLE_COLUMNS))
     return "\n".join(lines)
 
 

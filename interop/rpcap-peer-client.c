@@ -38,15 +38,15 @@
 #define PCAP_SOCKET SOCKET
 #endif
 
-static const char *progname = "rpcap-peer-client";
+#define PROG "rpcap-peer-client"
 
 static void usage(FILE *out)
 {
-	fprintf(out,
+	fputs(
 "usage:\n"
-"  %1$s findalldevs URL [--user U --password P]\n"
-"  %1$s capture SOURCE [CAPTURE OPTIONS]\n"
-"  %1$s active --listen-host H --listen-port P [--timeout-s S] [--tls]\n"
+"  " PROG " findalldevs URL [--user U --password P]\n"
+"  " PROG " capture SOURCE [CAPTURE OPTIONS]\n"
+"  " PROG " active --listen-host H --listen-port P [--timeout-s S] [--tls]\n"
 "        [--user U --password P] findalldevs | capture IFACE [CAPTURE OPTIONS]\n"
 "\n"
 "  URL is rpcap://host:port/ (or rpcaps:// for TLS); SOURCE is URL followed\n"
@@ -75,8 +75,7 @@ static void usage(FILE *out)
 "Output lines (JSON): {\"interfaces\":[...]} | {\"linktype\":N} |\n"
 "  {\"caplen\":N,\"len\":N,\"ts\":\"sec.usec\",\"data\":\"hex\"} |\n"
 "  {\"filter_updated\":true} | {\"stats\":{...}} | {\"accepted\":\"host\"} |\n"
-"  {\"done\":true,\"packets\":N} | {\"error\":\"...\"} (exit status 2)\n",
-		progname);
+"  {\"done\":true,\"packets\":N} | {\"error\":\"...\"} (exit status 2)\n", out);
 }
 
 /* ---------------------------------------------------------------- JSON -- */

@@ -6,6 +6,7 @@
 # from Debian's libpcap source package (trixie's 1.10.5-2; fallback: bookworm's).
 #
 # Usage: scripts/build-reference-peers.sh [PREFIX]      (default: <repo>/.peers)
+# Env:   LIBPCAP_DEB_VERSION (default 1.10.5-2) picks the trixie source version.
 #
 # Idempotent: does nothing when both programs exist and are newer than their
 # sources. Fetching the source needs root (it adds a deb-src entry and runs
@@ -26,7 +27,7 @@ RPCAPD=$PREFIX/bin/rpcapd
 CLIENT=$PREFIX/bin/rpcap-peer-client
 STAMP=$PREFIX/.libpcap-built       # names the libpcap source dir that was built
 
-WANT_VERSION=1.10.5-2
+WANT_VERSION=${LIBPCAP_DEB_VERSION:-1.10.5-2}   # trixie; override for testing the fallback
 DEBSRC_FILE=/etc/apt/sources.list.d/rpcapsvc-deb-src.sources
 DEBIAN_SOURCES=/etc/apt/sources.list.d/debian.sources
 JOBS=$(nproc 2>/dev/null || echo 2)
@@ -111,7 +112,7 @@ fetch_source() {
     else
         log "trixie's libpcap $WANT_VERSION unavailable; falling back to bookworm's"
         add_deb_src bookworm
-        (cd "$SRCDIR" && apt-get source libpcap) || die "apt-get source libpcap failed"
+        (cd "$SRCDIR" && apt-get source libpcap/bookworm) || die "apt-get source libpcap failed"
     fi
     LIBPCAP_SRC=$(find "$SRCDIR" -maxdepth 1 -type d -name 'libpcap-1.*' | sort -V | tail -1)
     [[ -n $LIBPCAP_SRC && -f $LIBPCAP_SRC/pcap-rpcap.c ]] || die "no libpcap source tree in $SRCDIR"
