@@ -145,18 +145,18 @@ class CaptureTests(PassiveDaemonMixin, SynchronousTestCase):
         self.assertTrue(all(p["caplen"] <= 64 for p in packets(cap.lines)))
 
     def test_stats_count_received_and_sent(self) -> None:
-        cap = self.capture(
-            "--filter", f"udp dst port {self.traffic.port}", "--count", "13", "--max-seconds", "8", "--stats"
-        )
+        cap = self.capture("--filter", f"udp dst port {self.traffic.port}", "--max-seconds", "3", "--stats")
         warm_up(cap, self.traffic)
         for n in range(10):
             self.traffic.send(f"stat-{n}")
         lines = cap.wait(30)
-        received = len(packets(lines))
-        self.assertEqual(received, 13)
+        frames = payloads(lines)
+        for n in range(10):
+            self.assertTrue(any(has_marker(f, f"stat-{n}") for f in frames), n)
         [stats] = [line["stats"] for line in lines if "stats" in line]
-        self.assertGreaterEqual(stats["ps_recv"], received)
+        self.assertGreaterEqual(stats["ps_recv"], len(frames))
         self.assertEqual(stats["ps_drop"], 0)
+        self.assertEqual(stats["ps_ifdrop"], 0)
 
 
 class ConcurrencyTests(PassiveDaemonMixin, SynchronousTestCase):
@@ -178,17 +178,26 @@ class ConcurrencyTests(PassiveDaemonMixin, SynchronousTestCase):
         self.assertFalse(any(has_marker(f, "one-") for f in payloads(two.lines)))
 
     def test_a_client_that_stops_reading_slows_no_other(self) -> None:
-        stalled = self.capture("--stop-reading-after", "1", "--max-seconds", "20")
+        stalled = self.capture(
+            "--filter",
+            f"udp dst port {self.traffic.port}",
+            "--stop-reading-after",
+            "1",
+            "--max-seconds",
+            "30",
+        )
         warm_up(stalled, self.traffic)
         live_traffic = Traffic()
         self.addCleanup(live_traffic.close)
-        live = self.capture("--filter", f"udp dst port {live_traffic.port}", "--max-seconds", "20")
+        live = self.capture("--filter", f"udp dst port {live_traffic.port}", "--max-seconds", "30")
         warm_up(live, live_traffic)
-        # Flood big frames that the stalled client's capture takes in too.
-        for n in range(3000):
+        daemon = psutil.Process(self.daemon.process.pid)
+        rss_before = daemon.memory_info().rss
+        # Flood big frames (80 MB in all) that only the stalled client's capture takes in.
+        for n in range(10000):
             self.traffic.send(f"flood-{n}", size=8000)
-            if n % 300 == 0:
-                live_traffic.send(f"live-{n // 300}")
+            if n % 1000 == 0:
+                live_traffic.send(f"live-{n // 1000}")
         for n in range(10, 20):
             live_traffic.send(f"live-{n}")
         live.wait_for(lambda lines: any(has_marker(f, "live-19") for f in payloads(lines)), timeout=15)
@@ -196,8 +205,8 @@ class ConcurrencyTests(PassiveDaemonMixin, SynchronousTestCase):
         for n in range(20):
             self.assertTrue(any(has_marker(f, f"live-{n}") for f in frames), n)
         self.assertTrue(self.daemon.alive())
-        process = psutil.Process(self.daemon.process.pid)
-        self.assertLess(process.memory_info().rss, 400 * 1024 * 1024)
+        # Backpressure: the stalled capture's packets wait in the kernel ring, not in the daemon.
+        self.assertLess(daemon.memory_info().rss - rss_before, 32 * 1024 * 1024)
 
 
 class BadInputTests(PassiveDaemonMixin, SynchronousTestCase):
