@@ -20,7 +20,8 @@ The wire is a veth pair: ``rpcb1`` inside the network namespace
 
 The client is ``bench-client.c`` (next to this file), compiled on the fly
 against the static libpcap of the reference peers (``make peers``): it counts
-packets instead of printing them, so it is never the bottleneck.
+packets instead of printing them (printing every packet as the interop client
+does would make the client, not the daemon, the slow part).
 
 Run as root (namespaces, veth, capture)::
 
@@ -110,10 +111,10 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise RuntimeError(f"timed out waiting for {what}")
@@ -562,10 +563,10 @@ class Result:
     error: Optional[str] = None
 
     @property
-    def system_share_pct(self) -> float:
-        """The kernel's share of the daemon's CPU time (clock-tick resolution)."""
-        ticks = self.daemon_user_seconds + self.daemon_system_seconds
-        return 100.0 * self.daemon_system_seconds / ticks if ticks else 0.0
+    def system_share_pct(self) -> Optional[float]:
+        """The kernel's share of the daemon's CPU time; None below 20 clock ticks (too coarse)."""
+        ticked = self.daemon_user_seconds + self.daemon_system_seconds
+        return 100.0 * self.daemon_system_seconds / ticked if ticked >= 20 * _TICK else None
 
 
 @dataclass
@@ -648,7 +649,7 @@ TABLE_COLUMNS: tuple[tuple[str, int, Callable[[Result], object]], ...] = (
     ("loss %", 7, lambda r: f"{r.loss_pct:.2f}"),
     ("CPU µs/pkt", 10, lambda r: "-" if r.cpu_us_per_packet is None else f"{r.cpu_us_per_packet:.2f}"),
     ("CPU %", 6, lambda r: f"{r.cpu_pct:.1f}"),
-    ("sys %", 5, lambda r: f"{r.system_share_pct:.0f}"),
+    ("sys %", 5, lambda r: "-" if r.system_share_pct is None else f"{r.system_share_pct:.0f}"),
     ("krnl drop", 9, lambda r: r.client_stats.get("ps_drop", "-")),
     ("rcvbuf drop", 11, lambda r: r.udp_rcvbuf_errors if r.case.channel == "udp" else "-"),
 )
@@ -690,6 +691,7 @@ def machine_description() -> dict[str, object]:
         "cpu_model": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
         "tcpreplay": run("tcpreplay", "-V", check=False).stdout.splitlines()[0:1],
     }
 
@@ -746,6 +748,36 @@ def check_prerequisites(peers: Path) -> None:
         raise SystemExit(f"no rpcapd in {peers}/bin: run `make peers` first")
 
 
+def run_daemon(
+    daemon: Daemon,
+    daemon_cases: list[Case],
+    client_binary: Path,
+    pcaps: dict[int, Path],
+    profile: Optional[Profiling],
+) -> list[Result]:
+    """Run C{daemon_cases} against one daemon, (re)starting it as needed; stop it at the end."""
+    results: list[Result] = []
+    try:
+        for case in daemon_cases:
+            log(f"{daemon.name} {case.channel} {case.size}B {case.rate} pps x {case.packets}")
+            try:
+                if not daemon.alive():
+                    if daemon.process is not None:
+                        log(f"{daemon.name} is gone (exit status {daemon.process.returncode}): restarting it")
+                    daemon.stop()
+                    daemon.start()
+                result = run_case(daemon, client_binary, pcaps[case.size], case, profile)
+            except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
+                result = Result(case, error=str(e).strip().splitlines()[-1])
+            results.append(result)
+    finally:
+        daemon.stop()
+    if any(r.error for r in results) and daemon.logfile.exists():
+        last_lines = daemon.logfile.read_text(errors="replace").splitlines()[-20:]
+        log(f"{daemon.name} log (last lines):\n" + "\n".join(last_lines))
+    return results
+
+
 def interrupt(signum: int, frame: object) -> None:
     """SIGTERM ends the run like Ctrl-C: through the finally blocks that clean up."""
     raise KeyboardInterrupt
@@ -766,46 +798,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         profiling.directory.mkdir(parents=True, exist_ok=True)
 
     results: list[Result] = []
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="rpcbench-") as tmp:
         workdir = Path(tmp)
         client_binary = build_client(args.peers, workdir)
-        pcaps: dict[int, Path] = {}
-        for size in args.size:
-            pcaps[size] = workdir / f"udp-{size}.pcap"
-            write_pcap(pcaps[size], DISTINCT_PACKETS, size)
+        pcaps = {size: workdir / f"udp-{size}.pcap" for size in args.size}
+        for size, pcap in pcaps.items():
+            write_pcap(pcap, DISTINCT_PACKETS, size)
         try:
             create_wire()
             log(f"wire up: {NETNS}/{NS_IFACE} -> {WIRE_IFACE}")
             for name in args.daemon:
                 daemon: Daemon
-                port = free_tcp_port()
                 if name == "libpcap":
-                    daemon = LibpcapRpcapd(port, workdir, args.peers)
+                    daemon = LibpcapRpcapd(free_tcp_port(), workdir, args.peers)
                 else:
-                    daemon = Rpcapsvc(port, workdir)
-                try:
-                    for case in (c for c in cases(args) if c.daemon == name):
-                        if not daemon.alive():
-                            if daemon.process is not None:
-                                log(
-                                    f"{name} is gone (exit status {daemon.process.returncode}): restarting it"
-                                )
-                            daemon.stop()
-                            daemon.start()
-                        log(f"{name} {case.channel} {case.size}B {case.rate} pps x {case.packets}")
-                        try:
-                            profile = profiling if name == "rpcapsvc" else None
-                            result = run_case(daemon, client_binary, pcaps[case.size], case, profile)
-                        except (RuntimeError, subprocess.CalledProcessError) as e:
-                            result = Result(case, error=str(e).strip().splitlines()[-1])
-                        results.append(result)
-                finally:
-                    daemon.stop()
-                    logs = daemon.logfile.read_text(errors="replace") if daemon.logfile.exists() else ""
-                    if any(r.error for r in results if r.case.daemon == name) and logs:
-                        log(f"{name} log (last lines):\n" + "\n".join(logs.splitlines()[-20:]))
+                    daemon = Rpcapsvc(free_tcp_port(), workdir)
+                profile = profiling if name == "rpcapsvc" else None
+                my_cases = [c for c in cases(args) if c.daemon == name]
+                results += run_daemon(daemon, my_cases, client_binary, pcaps, profile)
         except KeyboardInterrupt:
             log("interrupted")
+            interrupted = True
         finally:
             remove_wire()
 
@@ -830,6 +844,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     output.write_text(json.dumps(report, indent=2) + "\n")
     log(f"results: {output}")
+    if interrupted:
+        return 130
     return 1 if any(r.error for r in results) else 0
 
 

@@ -27,7 +27,7 @@ from .capture.system import (
 from .protocol import bpf
 from .protocol.datachannel import PacketBatch
 from .protocol.wire import BpfProgram, InterfaceInfo
-from .server.datachannel import IPacketSink
+from .server.datachannel import IDataChannels, IPacketSink
 
 DLT_EN10MB = 1
 
@@ -152,6 +152,7 @@ class RecordingSink:
         self.on_lost = callback
 
 
+@implementer(IDataChannels)
 class FakeDataChannels:
     """
     Opens L{RecordingSink}s instead of sockets and records how it was asked.

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from ..capture.system import ICaptureSystem
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser
 from ..protocol.wire import Message
-from .datachannel import DataChannels
+from .datachannel import DataChannels, IDataChannels
 from .session import IControlChannel, ServerSession, SessionPolicy
 
 
@@ -94,7 +94,7 @@ class RpcapServerFactory(protocol.Factory):
         reactor: Any,
         capture_system: ICaptureSystem,
         policy: SessionPolicy,
-        data_channels: Optional[DataChannels] = None,
+        data_channels: Optional[IDataChannels] = None,
         active: bool = False,
         interface: Optional[str] = None,
         max_message_size: int = DEFAULT_MAX_PAYLOAD,

@@ -41,6 +41,21 @@ class IPacketSink(Interface):
         """Call C{callback} with a reason when the peer closes the channel."""
 
 
+class IDataChannels(Interface):
+    """Opens a session's data channel; see L{DataChannels}."""
+
+    def listen_tcp(
+        interface: str, allowed_host: str, snaplen: int
+    ) -> tuple[int, defer.Deferred[IPacketSink]]:
+        """Listen on a fresh port for the client's data connection: the port, and the sink to come."""
+
+    def connect_tcp(host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
+        """Connect to the client's data port."""
+
+    def open_udp(host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
+        """Send datagrams to the client's data port: our port, and the sink."""
+
+
 class _SinkBase:
     def __init__(self, snaplen: int) -> None:
         self.snaplen = snaplen
@@ -152,6 +167,7 @@ class _OneConnectionFactory(protocol.Factory):
         return sink
 
 
+@implementer(IDataChannels)
 class DataChannels:
     """Opens data channels with a reactor."""
 

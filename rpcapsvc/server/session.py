@@ -69,7 +69,7 @@ from ..protocol.wire import (
     UpdateFilterReply,
     UpdateFilterRequest,
 )
-from .datachannel import DataChannels, IPacketSink
+from .datachannel import IDataChannels, IPacketSink
 
 PRESELECTED_SUFFIX = ";preselected"
 
@@ -163,7 +163,7 @@ class ServerSession:
         self,
         channel: IControlChannel,
         capture_system: ICaptureSystem,
-        data_channels: DataChannels,
+        data_channels: IDataChannels,
         policy: SessionPolicy,
         reactor: Any,
         interface: Optional[str] = None,
