@@ -71,6 +71,9 @@ UDP_SRC_PORT = 40000
 UDP_DST_PORT = 9  # discard
 CAPTURE_FILTER = f"udp and dst port {UDP_DST_PORT}"
 DISTINCT_PACKETS = 1000  # packets in the pcap; tcpreplay loops over it
+# tcpreplay's default timer (gtod) spins: it would take a whole core of the
+# two, whatever the rate.  nanosleep holds the rate as well at a fraction.
+REPLAY_TIMER = "nano"
 
 CLIENT_TIMEOUT_MS = 100  # pcap read timeout, sent to the daemon in startcap
 CLIENT_IDLE_MS = 1000  # after the replay, the client stops after this long without packets
@@ -195,8 +198,9 @@ class Replay:
 def replay(pcap: Path, rate: int, loops: int) -> Replay:
     """Replay C{pcap} C{loops} times at C{rate} packets/s from inside the namespace."""
     cmd = in_netns(
-        "tcpreplay", "--preload-pcap", f"--pps={rate}", f"--loop={loops}", "-i", NS_IFACE, str(pcap)
-    )
+        "tcpreplay", f"--timer={REPLAY_TIMER}", "--preload-pcap",
+        f"--pps={rate}", f"--loop={loops}", "-i", NS_IFACE, str(pcap),
+    )  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     actual = re.search(r"Actual: (\d+) packets .* sent in ([\d.]+) seconds", out)
     rated = re.search(r"Rated: .*?([\d.]+) pps", out)

@@ -1,7 +1,10 @@
 """
 L{RpcapdService}: the whole daemon as one Twisted service.
 
-An embedding application builds one and adds it to its own service tree::
+It listens for clients on any number of endpoints (passive mode), keeps a
+connection open to any number of collectors (active mode), and can take both
+from an rpcapd.ini file that it re-reads on SIGHUP.  An embedding application
+builds one and adds it to its own service tree::
 
     from twisted.application.service import Application
     from rpcapsvc.service import RpcapdService
@@ -16,22 +19,53 @@ An embedding application builds one and adds it to its own service tree::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import ipaddress
+import signal
+import socket
+from typing import Any, Iterable, Optional, Sequence
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import ClientService, StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from .capture.system import ICaptureSystem, PcapySystem
+from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
+from .server.active import collector_service
 from .server.control import RpcapServerFactory
 from .server.datachannel import DataChannels
-from .server.session import SessionPolicy
+from .server.session import Network, SessionPolicy
 
 DEFAULT_LISTEN = "tcp:2002"
 
 
+def resolve_clients(hosts: Iterable[str]) -> tuple[Network, ...]:
+    """
+    Addresses, CIDR blocks and host names as networks (a name stands for
+    each of its addresses, looked up now).
+
+    @raise ValueError: a name that does not resolve.
+    """
+    networks: list[Network] = []
+    for host in hosts:
+        try:
+            networks.append(ipaddress.ip_network(host, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError as e:
+            raise ValueError(f"cannot resolve client host {host!r}: {e}") from e
+        for info in infos:
+            networks.append(ipaddress.ip_network(str(info[4][0]).split("%", 1)[0]))
+    return tuple(dict.fromkeys(networks))
+
+
 class RpcapdService(MultiService):
-    """Serves RPCAP on every C{listen} endpoint string."""
+    """Serves RPCAP on every C{listen} endpoint and to every C{active} collector."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -39,12 +73,24 @@ class RpcapdService(MultiService):
         listen: Sequence[str] = (DEFAULT_LISTEN,),
         policy: Optional[SessionPolicy] = None,
         capture_system: Optional[ICaptureSystem] = None,
+        active: Sequence[ActiveTarget] = (),
+        config_path: Optional[str] = None,
+        allowed_clients: Sequence[str] = (),
+        data_channels: Optional[DataChannels] = None,
+        reload_on_sighup: bool = False,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.policy = policy or SessionPolicy()
         self.capture_system = capture_system or PcapySystem()
-        self.data_channels = DataChannels(reactor)
+        self.data_channels = data_channels or DataChannels(reactor)
+        self.config_path = config_path
+        self.reload_on_sighup = reload_on_sighup
+        self._static_active = tuple(active)
+        self._static_clients = tuple(allowed_clients)
+        self._static_null_auth = self.policy.null_auth
+        self._old_sighup: Any = None
+        self.collectors: dict[ActiveTarget, ClientService] = {}
         self.passive_factory = RpcapServerFactory(
             reactor, self.capture_system, self.policy, self.data_channels
         )
@@ -55,3 +101,79 @@ class RpcapdService(MultiService):
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        config = read_config(config_path) if config_path else DaemonConfig()
+        self.apply(config)
+
+    # --- configuration -----------------------------------------------------------
+
+    def apply(self, config: DaemonConfig) -> None:
+        """
+        Make C{config} (plus what was given on the command line) current:
+        who may connect, whether null auth is allowed, and which collectors
+        to keep connected.  Unchanged collectors keep their sessions.
+
+        @raise ValueError: a client host name that does not resolve.
+        """
+        clients = resolve_clients(self._static_clients + config.passive_clients)
+        self.policy.allowed_clients = clients
+        self.policy.null_auth = self._static_null_auth or bool(config.null_auth)
+        self.set_collectors(self._static_active + config.active)
+
+    def set_collectors(self, targets: Sequence[ActiveTarget]) -> None:
+        wanted = list(dict.fromkeys(targets))
+        for target in list(self.collectors):
+            if target not in wanted:
+                self.log.info("Collector {target} removed", target=target.describe())
+                self.collectors.pop(target).disownServiceParent()
+        for target in wanted:
+            if target in self.collectors:
+                continue
+            factory = RpcapServerFactory(
+                self.reactor,
+                self.capture_system,
+                self.policy,
+                self.data_channels,
+                active=True,
+                interface=target.ifname,
+                interface_address=target.ifaddr,
+            )
+            service = collector_service(self.reactor, target.endpoint, factory, target.describe())
+            service.setServiceParent(self)
+            self.collectors[target] = service
+
+    def reload(self) -> None:
+        """Re-read the configuration file; a bad file is logged and ignored."""
+        if not self.config_path:
+            return
+        try:
+            config = read_config(self.config_path)
+            self.apply(config)
+        except (ConfigError, ValueError) as e:
+            self.log.error("Configuration not reloaded: {why}", why=str(e))
+            return
+        self.log.info(
+            "Reloaded {path}: {n} collector(s), {m} allowed client(s), null auth {null}",
+            path=self.config_path,
+            n=len(self.collectors),
+            m=len(self.policy.allowed_clients),
+            null="allowed" if self.policy.null_auth else "refused",
+        )
+
+    # --- service -------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.reload_on_sighup and self.config_path:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def stopService(self) -> Any:
+        if self._old_sighup is not None:
+            signal.signal(signal.SIGHUP, self._old_sighup)
+            self._old_sighup = None
+        return super().stopService()
+
+
+__all__ = ["DEFAULT_LISTEN", "ActiveTarget", "RpcapdService", "SessionPolicy"]

@@ -6,6 +6,7 @@ factory that makes one per connection, in passive and active mode alike.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Optional
 
 from twisted.internet import protocol
@@ -16,9 +17,9 @@ from zope.interface import implementer
 
 from ..capture.system import ICaptureSystem
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser
-from ..protocol.wire import Message
+from ..protocol.wire import ErrorCode, ErrorReply, Message
 from .datachannel import DataChannels, IDataChannels
-from .session import IControlChannel, ServerSession, SessionPolicy
+from .session import IControlChannel, ServerSession, SessionPolicy, client_allowed
 
 
 def _host(address: Optional[IAddress]) -> str:
@@ -43,20 +44,33 @@ class RpcapServerProtocol(protocol.Protocol):
         assert self.transport is not None
         self.peer_host = _host(self.transport.getPeer())
         self.local_host = _host(self.transport.getHost())
+        if not self.active and not client_allowed(self.factory.policy, self.peer_host):
+            self.log.warn(
+                "Refused control connection from {peer}: not an allowed client", peer=self.peer_host
+            )
+            self.send_message(
+                ErrorReply(ErrorCode.HOSTNOAUTH, f"host {self.peer_host} is not allowed to connect")
+            )
+            self.close()
+            return
         self.factory.sessions.add(self)
-        self.log.info("Control connection from {peer}", peer=self.peer_host or "local client")
+        self.log.info(
+            "Control connection {direction} {peer}",
+            direction="to collector" if self.active else "from",
+            peer=self.peer_host or "local client",
+        )
         self.session = ServerSession(
             self,
             self.factory.capture_system,
             self.factory.data_channels,
             self.factory.policy,
             self.factory.reactor,
-            interface=self.factory.interface,
+            interface=self.factory.preselected_interface(),
         )
 
     def dataReceived(self, data: bytes) -> None:
-        assert self.session is not None
-        self.session.received(self.parser.feed(data))
+        if self.session is not None:
+            self.session.received(self.parser.feed(data))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.sessions.discard(self)
@@ -88,6 +102,7 @@ class RpcapServerFactory(protocol.Factory):
     """
 
     protocol = RpcapServerProtocol  # type: ignore[assignment]
+    log = Logger()
 
     def __init__(
         self,
@@ -97,6 +112,7 @@ class RpcapServerFactory(protocol.Factory):
         data_channels: Optional[IDataChannels] = None,
         active: bool = False,
         interface: Optional[str] = None,
+        interface_address: Optional[str] = None,
         max_message_size: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.reactor = reactor
@@ -105,8 +121,24 @@ class RpcapServerFactory(protocol.Factory):
         self.data_channels = data_channels or DataChannels(reactor)
         self.active = active
         self.interface = interface
+        self.interface_address = interface_address
         self.max_message_size = max_message_size
         self.sessions: set[RpcapServerProtocol] = set()
 
     def buildProtocol(self, addr: Optional[IAddress]) -> RpcapServerProtocol:
         return RpcapServerProtocol(self)
+
+    def preselected_interface(self) -> Optional[str]:
+        """
+        The interface this factory's sessions are limited to: named, or the
+        one carrying C{interface_address} now (addresses move, so it is looked
+        up for each session); C{None} leaves it to the policy.
+        """
+        if self.interface is not None or self.interface_address is None:
+            return self.interface
+        wanted = ipaddress.ip_address(self.interface_address)
+        for info in self.capture_system.list_interfaces():
+            if any(a.address == wanted for a in info.addresses):
+                return info.name
+        self.log.warn("No interface carries {address}; nothing can be opened", address=self.interface_address)
+        return f"(no interface with address {self.interface_address})"

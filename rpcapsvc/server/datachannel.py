@@ -122,6 +122,7 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def write_batch(self, batch: PacketBatch) -> None:
         write = self.transport.write  # type: ignore[union-attr,call-arg]
@@ -155,6 +156,8 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
 
 class _OneConnectionFactory(protocol.Factory):
     """Accepts the first connection from the allowed host, refuses all others."""
+
+    noisy = False
 
     def __init__(self, allowed_host: str, sink: TcpPacketSink) -> None:
         self.allowed_host = allowed_host

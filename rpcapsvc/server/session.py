@@ -18,8 +18,9 @@ States::
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import deque
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
@@ -102,11 +103,16 @@ class IControlChannel(Interface):
         """Deliver messages again."""
 
 
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
 @attrs.define
 class SessionPolicy:
     """What the operator allows; shared by every session of a service."""
 
     null_auth: bool = False
+    allowed_clients: tuple[Network, ...] = ()
+    """Passive clients must come from one of these; empty allows everyone."""
     checkers: Sequence[ICredentialsChecker] = ()
     preselected_interface: Optional[str] = None
     buffer_size: int = 2 * 1024 * 1024
@@ -123,6 +129,18 @@ _MALFORMED_CODES = {
     MessageType.SETSAMPLING_REQ: ErrorCode.SETSAMPLING,
     MessageType.STATS_REQ: ErrorCode.GETSTATS,
 }
+
+
+def client_allowed(policy: SessionPolicy, host: str) -> bool:
+    if not policy.allowed_clients:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in policy.allowed_clients)
 
 
 def is_local_interface_name(name: str) -> bool:
