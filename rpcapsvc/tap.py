@@ -10,7 +10,9 @@ from twisted.cred import credentials, strcred
 from twisted.python import usage
 
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
+from .protocol.udpstr import MAX_MTU, MIN_MTU
 from .server.active import parse_active_target
+from .server.datachannel import DataChannels
 from .server.session import SessionPolicy
 from .service import DEFAULT_LISTEN, RpcapdService, resolve_clients
 
@@ -43,6 +45,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ],
         ["buffer-size", None, 2 * 1024 * 1024, "Kernel capture buffer per capture, in bytes.", int],
         ["auth-timeout", None, 90.0, "Seconds a client has to authenticate.", float],
+        [
+            "udp-mtu",
+            "t",
+            0,
+            "Pack UDP data into udpstr datagrams of at most this many bytes "
+            "(ExtraHop's format; 1472 suits a 1500-byte MTU). 0 keeps one packet per datagram, "
+            "which libpcap's client expects.",
+            int,
+        ],
+        ["udp-sndbuf", None, None, "Kernel send buffer of UDP data channels, in bytes.", int],
     ]
 
     def __init__(self) -> None:
@@ -96,10 +108,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 "choose how clients log in: --null-auth, or --auth (e.g. --auth memory:USER:PASS), "
                 "or NullAuthPermit = YES in the config file"
             )
+        mtu = self["udp-mtu"]
+        if mtu and not MIN_MTU <= mtu <= MAX_MTU:
+            raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
+        if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
+            raise usage.UsageError("--udp-sndbuf must be positive")
         if self["buffer-size"] <= 0:
             raise usage.UsageError("--buffer-size must be positive")
         try:
-            resolve_clients(self["allow"])
+            resolve_clients([*self["allow"], *self.config.passive_clients])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -123,5 +140,6 @@ def makeService(options: Options) -> RpcapdService:
         active=[ActiveTarget(t) for t in options["active"]],
         config_path=options["config"],
         allowed_clients=options["allow"],
+        data_channels=DataChannels(reactor_, udp_mtu=options["udp-mtu"], udp_sndbuf=options["udp-sndbuf"]),
         reload_on_sighup=True,
     )

@@ -184,7 +184,9 @@ class FakeDataChannels:
         self.sinks.append(sink)
         return defer.succeed(sink)
 
-    def open_udp(self, host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
+    def open_udp(
+        self, host: str, port: int, snaplen: int, read_timeout_ms: int = 1000
+    ) -> tuple[int, IPacketSink]:
         self.requests.append(("udp", host, str(port)))
         sink = RecordingSink(snaplen)
         self.sinks.append(sink)

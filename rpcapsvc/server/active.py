@@ -38,7 +38,7 @@ def parse_active_target(reactor: Any, spec: str) -> IStreamClientEndpoint:
         host, sep, rest = spec[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ValueError(f"bad collector address {spec!r}: expected [V6ADDR]:PORT")
-        return HostnameEndpoint(reactor, host, _port(rest[1:] or str(DEFAULT_ACTIVE_PORT), spec))
+        return HostnameEndpoint(reactor, host, _port(rest[1:], spec) if rest else DEFAULT_ACTIVE_PORT)
     colons = spec.count(":")
     if colons == 0:
         return HostnameEndpoint(reactor, spec, DEFAULT_ACTIVE_PORT)
@@ -47,7 +47,12 @@ def parse_active_target(reactor: Any, spec: str) -> IStreamClientEndpoint:
         return HostnameEndpoint(reactor, head, _port(tail, spec))
     if colons > 1 and all(c in "0123456789abcdefABCDEF:." for c in spec):
         return HostnameEndpoint(reactor, spec, DEFAULT_ACTIVE_PORT)  # a bare IPv6 address
-    return clientFromString(reactor, spec)
+    try:
+        return clientFromString(reactor, spec)
+    except ValueError:
+        raise
+    except Exception as e:  # e.g. TypeError for "tcp:HOST" without a port
+        raise ValueError(f"bad collector endpoint {spec!r}: {e}") from e
 
 
 def _port(text: str, spec: str) -> int:

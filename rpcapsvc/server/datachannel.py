@@ -10,16 +10,18 @@ session only sees L{IPacketSink}.
 from __future__ import annotations
 
 import errno
-from typing import Callable, Optional
+import socket
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer, protocol
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ..protocol.datachannel import PacketBatch, encode_packet_messages
+from ..protocol.udpstr import UdpStrFramer
 
 
 class IPacketSink(Interface):
@@ -52,8 +54,19 @@ class IDataChannels(Interface):
     def connect_tcp(host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
         """Connect to the client's data port."""
 
-    def open_udp(host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
+    def open_udp(host: str, port: int, snaplen: int, read_timeout_ms: int) -> tuple[int, IPacketSink]:
         """Send datagrams to the client's data port: our port, and the sink."""
+
+
+def set_send_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a C{size}-byte send buffer, past the sysctl cap when we may (root)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 class _SinkBase:
@@ -124,21 +137,25 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
     log = Logger()
     noisy = False
 
+    def _send(self, datagram: bytes) -> bool:
+        try:
+            self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
+        except MessageLengthError:
+            return False
+        except OSError as e:
+            if e.errno not in _TRANSIENT_SEND_ERRORS:
+                raise
+            return False
+        return True
+
     def write_batch(self, batch: PacketBatch) -> None:
-        write = self.transport.write  # type: ignore[union-attr,call-arg]
+        send = self._send
         first = self.sent + self.dropped + 1
         for message in encode_packet_messages(batch, self.snaplen, first):
-            try:
-                write(message)  # type: ignore[call-arg]
-            except MessageLengthError:
+            if send(message):
+                self.sent += 1
+            else:
                 self.dropped += 1
-                continue
-            except OSError as e:
-                if e.errno not in _TRANSIENT_SEND_ERRORS:
-                    raise
-                self.dropped += 1
-                continue
-            self.sent += 1
 
     def connectionRefused(self) -> None:
         """The collector has no socket there (yet): the datagram is lost."""
@@ -152,6 +169,57 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         self._closing = True
         if self.transport is not None:
             self.transport.stopListening()  # type: ignore[attr-defined]
+
+
+@implementer(IPacketSink)
+class UdpStrPacketSink(UdpPacketSink):
+    """
+    ExtraHop's udpstr framing: packets packed into datagrams of at most
+    C{mtu} bytes.  A partly filled datagram goes out when the capture has been
+    quiet for the read timeout, so a trickle of packets is not held back.
+    C{dropped} counts datagrams the kernel would not take.
+    """
+
+    def __init__(self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float) -> None:
+        super().__init__(snaplen)
+        self.framer = UdpStrFramer(mtu)
+        self.datagrams = 0
+        self._clock = clock
+        self._flush_after = flush_after
+        self._flush_call: Optional[IDelayedCall] = None
+        self._npkt = 1
+
+    def write_batch(self, batch: PacketBatch) -> None:
+        datagrams = self.framer.pack_batch(batch, self.snaplen, self._npkt)
+        self._npkt += len(batch)
+        self.sent += len(batch)
+        for datagram in datagrams:
+            self._send_datagram(datagram)
+        if self.framer.pending and self._flush_call is None:
+            self._flush_call = self._clock.callLater(self._flush_after, self.flush)
+
+    def _send_datagram(self, datagram: bytes) -> None:
+        if self._send(datagram):
+            self.datagrams += 1
+        else:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        datagram = self.framer.flush()
+        if datagram is not None and self.transport is not None:
+            self._send_datagram(datagram)
+
+    def connectionRefused(self) -> None:
+        self.dropped += 1
+        self.datagrams -= 1
+
+    def close(self) -> None:
+        if not self._closing:
+            self.flush()
+        super().close()
 
 
 class _OneConnectionFactory(protocol.Factory):
@@ -176,9 +244,18 @@ class DataChannels:
 
     log = Logger()
 
-    def __init__(self, reactor: object, accept_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        accept_timeout: float = 30.0,
+        udp_mtu: int = 0,
+        udp_sndbuf: Optional[int] = None,
+    ) -> None:
         self._reactor = reactor
         self.accept_timeout = accept_timeout
+        self.udp_mtu = udp_mtu
+        """Non-zero: UDP data channels use udpstr datagrams of at most this size."""
+        self.udp_sndbuf = udp_sndbuf
 
     def listen_tcp(
         self, interface: str, allowed_host: str, snaplen: int
@@ -230,9 +307,17 @@ class DataChannels:
         d.addCallback(lambda _: sink.connected_deferred)
         return d
 
-    def open_udp(self, host: str, port: int, snaplen: int) -> tuple[int, IPacketSink]:
-        sink = UdpPacketSink(snaplen)
+    def open_udp(
+        self, host: str, port: int, snaplen: int, read_timeout_ms: int = 1000
+    ) -> tuple[int, IPacketSink]:
+        sink: UdpPacketSink
+        if self.udp_mtu:
+            sink = UdpStrPacketSink(snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0)
+        else:
+            sink = UdpPacketSink(snaplen)
         interface = "::" if ":" in host else ""
         udp_port = self._reactor.listenUDP(0, sink, interface=interface)  # type: ignore[attr-defined]
+        if self.udp_sndbuf:
+            set_send_buffer(udp_port.socket, self.udp_sndbuf)
         udp_port.connect(host, port)
         return udp_port.getHost().port, sink

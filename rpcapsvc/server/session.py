@@ -432,7 +432,7 @@ class ServerSession:
         peer = self.channel.peer_host
         try:
             if StartCapFlags.DGRAM in flags:
-                port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen)
+                port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
                 self._begin(capture, options)
                 self._sink_ready(capture, sink)
                 self.channel.send_message(StartCaptureReply(options.buffer_size, port))
