@@ -13,7 +13,7 @@ import time
 import pcapy
 from twisted.trial.unittest import SynchronousTestCase
 
-from ._e2e import Daemon, Traffic, e2e_skip_reason, free_port
+from ._e2e import Daemon, Traffic, e2e_skip_reason
 
 MTU = 1472
 
