@@ -1,0 +1,456 @@
+"""
+An RPCAP client: the collector's side of the control connection, and the
+receivers for the packets a daemon sends.
+
+L{RpcapClientProtocol} sends one request at a time and answers each with a
+Deferred that fires with the reply or fails with L{RemoteError}.  It works on
+a connection we made to a passive daemon, or on one an active daemon made to
+us.  L{start_capture} drives a whole capture: open, a filter compiled here
+for the remote link type, the data channel (TCP either way round, classic
+UDP or udpstr, told apart by each datagram's header), and packets delivered
+to a callback in batches.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Optional
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..protocol import bpf
+from ..protocol.datachannel import PKTHDR_SIZE, CapturedPacket, decode_packet_payload
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
+from ..protocol.udpstr import UdpStrDecoder, is_udpstr_datagram
+from ..protocol.wire import (
+    HEADER,
+    HEADER_SIZE,
+    AuthReply,
+    AuthRequest,
+    AuthType,
+    BpfProgram,
+    CloseRequest,
+    EndCaptureRequest,
+    ErrorReply,
+    FindAllInterfacesReply,
+    FindAllInterfacesRequest,
+    InterfaceInfo,
+    MalformedMessage,
+    Message,
+    MessageType,
+    OpenReply,
+    OpenRequest,
+    RemoteError,
+    SetSamplingRequest,
+    StartCapFlags,
+    StartCaptureReply,
+    StartCaptureRequest,
+    StatsReply,
+    StatsRequest,
+    UpdateFilterRequest,
+)
+
+PacketCallback = Callable[[list[CapturedPacket]], None]
+MAX_PACKET_MESSAGE = HEADER_SIZE + PKTHDR_SIZE + bpf.MAXIMUM_SNAPLEN
+
+
+class RpcapClientProtocol(protocol.Protocol):
+    """The client end of an RPCAP control connection."""
+
+    log = Logger()
+
+    def __init__(self, max_payload: int = 16 * 1024 * 1024) -> None:
+        # findalldevs replies on a host with many interfaces can be large.
+        self.parser = ControlStreamParser(max(max_payload, DEFAULT_MAX_PAYLOAD))
+        self._waiting: deque[tuple[int, defer.Deferred[Any]]] = deque()
+        self.when_connected: defer.Deferred[RpcapClientProtocol] = defer.Deferred()
+        self.disconnected: defer.Deferred[None] = defer.Deferred()
+        self.peer_host = ""
+        self.local_host = ""
+        self.errors: list[ErrorReply] = []
+        """Errors the daemon sent that answered no request (a capture that failed)."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.peer_host = str(getattr(self.transport.getPeer(), "host", ""))
+        self.local_host = str(getattr(self.transport.getHost(), "host", ""))
+        self.when_connected.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        for received in self.parser.feed(data):
+            self._answer(received)
+        if self.parser.broken:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _answer(self, r: Received) -> None:
+        if isinstance(r.message, ErrorReply) and (
+            not self._waiting or self._waiting[0][0] == MessageType.CLOSE
+        ):
+            self.log.warn("Daemon reported error {code}: {text}", code=r.message.code, text=r.message.text)
+            self.errors.append(r.message)
+            return
+        if not self._waiting:
+            self.log.warn("Unexpected message of type {type} from the daemon", type=r.header.type)
+            return
+        expected, d = self._waiting.popleft()
+        if r.error is not None:
+            d.errback(r.error)
+        elif isinstance(r.message, ErrorReply):
+            d.errback(RemoteError(r.message.code, r.message.text))
+        elif r.header.type != expected:
+            d.errback(MalformedMessage(f"expected a reply of type {expected:#x}, got {r.header.type:#x}"))
+        else:
+            d.callback(r.message)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for _, d in waiting:
+            d.errback(reason)
+        self.disconnected.callback(None)
+
+    def request(self, message: Message, reply_type: int) -> defer.Deferred[Any]:
+        """Send C{message}; the Deferred fires with the reply of C{reply_type}."""
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self.transport is None or not self.when_connected.called:
+            d.errback(ConnectionDone("not connected"))
+            return d
+        self._waiting.append((reply_type, d))
+        self.transport.write(message.encode())
+        return d
+
+    def authenticate(
+        self, username: Optional[bytes] = None, password: bytes = b""
+    ) -> defer.Deferred[AuthReply]:
+        if username is None:
+            return self.request(AuthRequest(AuthType.NULL), MessageType.AUTH_REPLY)
+        return self.request(AuthRequest(AuthType.PASSWORD, username, password), MessageType.AUTH_REPLY)
+
+    def find_interfaces(self) -> defer.Deferred[tuple[InterfaceInfo, ...]]:
+        d = self.request(FindAllInterfacesRequest(), MessageType.FINDALLIF_REPLY)
+        d.addCallback(lambda reply: reply.interfaces)
+        return d
+
+    def open(self, device: str) -> defer.Deferred[OpenReply]:
+        return self.request(OpenRequest(device), MessageType.OPEN_REPLY)
+
+    def start_capture(self, request: StartCaptureRequest) -> defer.Deferred[StartCaptureReply]:
+        return self.request(request, MessageType.STARTCAP_REPLY)
+
+    def update_filter(self, program: BpfProgram) -> defer.Deferred[Any]:
+        return self.request(UpdateFilterRequest(program), MessageType.UPDATEFILTER_REPLY)
+
+    def stats(self) -> defer.Deferred[StatsReply]:
+        return self.request(StatsRequest(), MessageType.STATS_REPLY)
+
+    def end_capture(self) -> defer.Deferred[Any]:
+        return self.request(EndCaptureRequest(), MessageType.ENDCAP_REPLY)
+
+    def set_sampling(self, method: int, value: int) -> defer.Deferred[Any]:
+        return self.request(SetSamplingRequest(method, value), MessageType.SETSAMPLING_REPLY)
+
+    def close(self) -> None:
+        """Say goodbye (no reply comes) and hang up."""
+        if self.transport is not None:
+            self.transport.write(CloseRequest().encode())
+            self.transport.loseConnection()
+
+
+class RpcapClientFactory(protocol.Factory):
+    """
+    Builds client protocols for connections we make, or for active daemons
+    that connect to us; C{on_connect} is called with each connected protocol.
+    """
+
+    noisy = False
+
+    def __init__(self, on_connect: Optional[Callable[[RpcapClientProtocol], object]] = None) -> None:
+        self.on_connect = on_connect
+
+    def buildProtocol(self, addr: Any) -> RpcapClientProtocol:
+        p = RpcapClientProtocol()
+        if self.on_connect is not None:
+            on_connect = self.on_connect
+            p.when_connected.addCallback(lambda proto: (on_connect(proto), proto)[1])
+        return p
+
+
+# --- data channels -----------------------------------------------------------------
+
+
+@attrs.define
+class LossCounters:
+    """What a data channel saw go missing (UDP only)."""
+
+    lost_packets: int = 0
+    lost_datagrams: int = 0
+    malformed: int = 0
+
+
+class TcpPacketReceiver(protocol.Protocol):
+    """Reads classic type-7 messages from a TCP data connection."""
+
+    noisy = False
+
+    def __init__(self, on_packets: PacketCallback) -> None:
+        self.on_packets = on_packets
+        self._buffer = bytearray()
+        self.connected_deferred: defer.Deferred[TcpPacketReceiver] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.loss = LossCounters()
+        self.error: Optional[str] = None
+
+    def connectionMade(self) -> None:
+        self.connected_deferred.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        buf = self._buffer
+        offset = 0
+        packets = []
+        while len(buf) - offset >= HEADER_SIZE:
+            _, mtype, _, plen = HEADER.unpack_from(buf, offset)
+            if mtype != MessageType.PACKET or plen > MAX_PACKET_MESSAGE:
+                self.error = f"unexpected message (type {mtype}, {plen} bytes) on the data channel"
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                break
+            end = offset + HEADER_SIZE + plen
+            if len(buf) < end:
+                break
+            try:
+                packets.append(decode_packet_payload(bytes(buf[offset + HEADER_SIZE : end])))
+            except MalformedMessage:
+                self.loss.malformed += 1
+            offset = end
+        del buf[:offset]
+        if packets:
+            self.on_packets(packets)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class DatagramPacketReceiver(protocol.DatagramProtocol):
+    """
+    Receives classic (one packet per datagram) and udpstr datagrams, telling
+    them apart by their header, and counts what was lost.
+    """
+
+    noisy = False
+
+    def __init__(self, on_packets: PacketCallback, allowed_host: Optional[str] = None) -> None:
+        self.on_packets = on_packets
+        self.allowed_host = allowed_host
+        self.udpstr = UdpStrDecoder()
+        self.classic_loss = LossCounters()
+        self._next_npkt = 1
+        self.datagrams = 0
+
+    @property
+    def loss(self) -> LossCounters:
+        return LossCounters(
+            self.classic_loss.lost_packets + self.udpstr.lost_packets,
+            self.udpstr.lost_datagrams,
+            self.classic_loss.malformed + self.udpstr.malformed,
+        )
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.allowed_host is not None and addr[0] != self.allowed_host:
+            return  # not from the daemon we are capturing from
+        self.datagrams += 1
+        if is_udpstr_datagram(datagram):
+            packets = self.udpstr.feed(datagram)
+        else:
+            packets = self._classic(datagram)
+        if packets:
+            self.on_packets(packets)
+
+    def _classic(self, datagram: bytes) -> list[CapturedPacket]:
+        if len(datagram) < HEADER_SIZE or datagram[1] != MessageType.PACKET:
+            self.classic_loss.malformed += 1
+            return []
+        try:
+            packet = decode_packet_payload(datagram[HEADER_SIZE:])
+        except MalformedMessage:
+            self.classic_loss.malformed += 1
+            return []
+        if packet.npkt > self._next_npkt:
+            self.classic_loss.lost_packets += packet.npkt - self._next_npkt
+        if packet.npkt >= self._next_npkt:
+            self._next_npkt = packet.npkt + 1
+        return [packet]
+
+
+# --- a whole capture ---------------------------------------------------------------
+
+
+@attrs.define
+class CaptureSettings:
+    device: str
+    snaplen: int = 262144
+    promiscuous: bool = True
+    read_timeout_ms: int = 100
+    filter: str = ""
+    udp: bool = False
+
+
+def compile_filter(expression: str, linktype: int, snaplen: int) -> BpfProgram:
+    """
+    Compile a pcap filter expression here, for the remote link type; an empty
+    expression gives a one-instruction accept-all program, so the startcap
+    is always well formed (some servers refuse an empty program).
+    """
+    if not expression.strip():
+        return BpfProgram.from_tuples([(bpf.BPF_RET | bpf.BPF_K, 0, 0, snaplen)])
+    import pcapy
+
+    try:
+        program = pcapy.compile(linktype, snaplen, expression, 1, 0xFFFFFFFF)
+    except pcapy.PcapError as e:
+        raise ValueError(f"cannot compile filter {expression!r}: {e}") from e
+    return BpfProgram.from_tuples([tuple(i) for i in program.get_bpf()])
+
+
+@attrs.define(eq=False)
+class RemoteCapture:
+    """A running capture: its control connection, data channel and counters."""
+
+    client: RpcapClientProtocol
+    settings: CaptureSettings
+    linktype: int
+    receiver: Any
+    port: Optional[IListeningPort] = None
+    received: int = 0
+
+    @property
+    def loss(self) -> LossCounters:
+        return self.receiver.loss  # type: ignore[no-any-return]
+
+    def update_filter(self, expression: str) -> defer.Deferred[Any]:
+        return self.client.update_filter(compile_filter(expression, self.linktype, self.settings.snaplen))
+
+    def stats(self) -> defer.Deferred[StatsReply]:
+        return self.client.stats()
+
+    async def stop(self) -> Optional[StatsReply]:
+        """End the capture: last stats, endcap, data channel closed. Stats are None if the daemon is gone."""
+        stats: Optional[StatsReply] = None
+        try:
+            stats = await self.client.stats()
+            await self.client.end_capture()
+        except Exception:
+            pass
+        self.close_data()
+        return stats
+
+    def close_data(self) -> None:
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        transport = getattr(self.receiver, "transport", None)
+        if isinstance(self.receiver, TcpPacketReceiver) and transport is not None:
+            transport.loseConnection()
+
+
+async def start_capture(
+    reactor: Any,
+    client: RpcapClientProtocol,
+    settings: CaptureSettings,
+    on_packets: PacketCallback,
+    active: bool = False,
+    connect_timeout: float = 30.0,
+) -> RemoteCapture:
+    """
+    Open C{settings.device} and start capturing; packets go to C{on_packets}.
+    C{active} says the daemon connected to us, so it will also open the TCP
+    data connection toward us.
+
+    @raise RemoteError: the daemon refused; L{ValueError}: a bad filter.
+    """
+    opened = await client.open(settings.device)
+    program = compile_filter(settings.filter, opened.linktype, settings.snaplen)
+    flags = StartCapFlags.PROMISC if settings.promiscuous else StartCapFlags(0)
+    counted: list[int] = [0]
+
+    def deliver(packets: list[CapturedPacket]) -> None:
+        counted[0] += len(packets)
+        on_packets(packets)
+
+    local = client.local_host
+    if settings.udp:
+        dgram = DatagramPacketReceiver(deliver, allowed_host=client.peer_host)
+        port = reactor.listenUDP(0, dgram, interface=local, maxPacketSize=65535)
+        request = StartCaptureRequest(
+            settings.snaplen,
+            settings.read_timeout_ms,
+            flags | StartCapFlags.DGRAM,
+            port.getHost().port,
+            program,
+        )
+        try:
+            await client.start_capture(request)
+        except Exception:
+            port.stopListening()
+            raise
+        return RemoteCapture(client, settings, opened.linktype, dgram, port)
+
+    tcp = TcpPacketReceiver(deliver)
+    if active:
+        factory = _OneShotFactory(tcp, client.peer_host)
+        port = reactor.listenTCP(0, factory, backlog=1, interface=local)
+        request = StartCaptureRequest(
+            settings.snaplen,
+            settings.read_timeout_ms,
+            flags | StartCapFlags.SERVEROPEN,
+            port.getHost().port,
+            program,
+        )
+        try:
+            await client.start_capture(request)
+            await _with_timeout(reactor, tcp.connected_deferred, connect_timeout)
+        finally:
+            port.stopListening()
+        return RemoteCapture(client, settings, opened.linktype, tcp)
+
+    request = StartCaptureRequest(settings.snaplen, settings.read_timeout_ms, flags, 0, program)
+    reply = await client.start_capture(request)
+    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+    endpoint = HostnameEndpoint(reactor, client.peer_host, reply.portdata, timeout=connect_timeout)
+    await connectProtocol(endpoint, tcp)
+    return RemoteCapture(client, settings, opened.linktype, tcp)
+
+
+class _OneShotFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, receiver: TcpPacketReceiver, allowed_host: str) -> None:
+        self.receiver: Optional[TcpPacketReceiver] = receiver
+        self.allowed_host = allowed_host
+
+    def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:
+        if self.receiver is None or getattr(addr, "host", None) != self.allowed_host:
+            return None
+        receiver, self.receiver = self.receiver, None
+        return receiver
+
+
+def _with_timeout(reactor: Any, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
+    return d.addTimeout(seconds, reactor)
+
+
+__all__ = [
+    "CaptureSettings",
+    "DatagramPacketReceiver",
+    "LossCounters",
+    "RemoteCapture",
+    "RpcapClientFactory",
+    "RpcapClientProtocol",
+    "TcpPacketReceiver",
+    "compile_filter",
+    "start_capture",
+]
