@@ -37,7 +37,6 @@ from ..protocol.wire import (
     CloseRequest,
     EndCaptureRequest,
     ErrorReply,
-    FindAllInterfacesReply,
     FindAllInterfacesRequest,
     InterfaceInfo,
     MalformedMessage,
