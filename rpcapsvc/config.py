@@ -16,6 +16,7 @@ be used raises L{ConfigError} naming the file and line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Optional
 
@@ -59,6 +60,10 @@ def _parse_active(value: str, where: str) -> ActiveTarget:
     if not fields:
         raise ConfigError(f"{where}: ActiveClient needs a host")
     host = fields[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [V6ADDR], as on the command line
+    if not host or "[" in host or "]" in host:
+        raise ConfigError(f"{where}: {fields[0]!r} is not a host name or address")
     port = DEFAULT_ACTIVE_PORT
     ifname = ifaddr = None
     rest = fields[1:]
@@ -78,6 +83,10 @@ def _parse_active(value: str, where: str) -> ActiveTarget:
         if key == "ifname":
             ifname = val
         elif key == "ifaddr":
+            try:
+                ipaddress.ip_address(val)
+            except ValueError:
+                raise ConfigError(f"{where}: ifaddr={val!r} is not an IP address") from None
             ifaddr = val
         else:
             raise ConfigError(f"{where}: unknown ActiveClient option {key!r}")
