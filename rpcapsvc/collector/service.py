@@ -1,0 +1,189 @@
+"""
+C{twistd rpcapcollect}: a long-running collector for a fleet of active daemons.
+
+Daemons started with C{--active COLLECTOR:2003} connect here; for each
+connection the collector logs in, picks the interface (the one named for
+that host, else the one named for all, else the daemon's first, which is its
+preselected interface when it has one), starts a capture and writes it to
+rotating pcapng files named after the daemon and the interface.  It logs who
+connected, and every so often the packet, drop and loss counts; a daemon that
+vanishes or misbehaves ends only its own capture.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from ..protocol.datachannel import CapturedPacket
+from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapClientProtocol, start_capture
+from .files import RotatingCaptureFiles
+
+DEFAULT_LISTEN = "tcp:2003"
+
+
+@attrs.define
+class CollectorSettings:
+    directory: str
+    interface: Optional[str] = None
+    host_interfaces: dict[str, str] = attrs.field(factory=dict)
+    filter: str = ""
+    snaplen: int = 262144
+    udp: bool = False
+    format: str = "pcapng"
+    rotate_bytes: Optional[int] = None
+    rotate_seconds: Optional[float] = None
+    max_files: Optional[int] = None
+    username: Optional[bytes] = None
+    password: bytes = b""
+    stats_interval: float = 10.0
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
+
+
+class DaemonSession:
+    """One connected daemon: its capture and its files."""
+
+    log = Logger()
+
+    def __init__(self, collector: CollectorService, client: RpcapClientProtocol) -> None:
+        self.collector = collector
+        self.client = client
+        self.host = client.peer_host
+        self.capture: Optional[RemoteCapture] = None
+        self.files: Optional[RotatingCaptureFiles] = None
+        self.interface_id = 0
+        self.packets = 0
+        self.drops = 0
+        self._ticker: Optional[task.LoopingCall] = None
+
+    async def run(self) -> None:
+        settings = self.collector.settings
+        self.log.info("Daemon {host} connected", host=self.host)
+        try:
+            await self.client.authenticate(settings.username, settings.password)
+            interfaces = await self.client.find_interfaces()
+            wanted = settings.host_interfaces.get(self.host) or settings.interface
+            if wanted is None:
+                if not interfaces:
+                    raise ValueError("the daemon lists no interfaces")
+                wanted = interfaces[0].name
+            self.files = RotatingCaptureFiles(
+                settings.directory,
+                f"{_safe(self.host)}_{_safe(wanted)}",
+                format=settings.format,
+                max_bytes=settings.rotate_bytes,
+                max_seconds=settings.rotate_seconds,
+                max_files=settings.max_files,
+            )
+            capture_settings = CaptureSettings(
+                wanted, snaplen=settings.snaplen, filter=settings.filter, udp=settings.udp
+            )
+            self.capture = await start_capture(
+                self.collector.reactor, self.client, capture_settings, self.on_packets, active=True
+            )
+            self.interface_id = self.files.add_interface(
+                wanted, self.capture.linktype, settings.snaplen, f"rpcap://{self.host}/{wanted}"
+            )
+        except Exception as e:
+            self.log.warn("Daemon {host}: capture not started: {why}", host=self.host, why=str(e) or repr(e))
+            self.client.close()
+            self.finish()
+            return
+        self.log.info(
+            "Daemon {host}: capturing {iface} into {dir}",
+            host=self.host,
+            iface=wanted,
+            dir=settings.directory,
+        )
+        self._ticker = task.LoopingCall(lambda: defer.ensureDeferred(self.report()))
+        self._ticker.clock = self.collector.reactor
+        self._ticker.start(settings.stats_interval, now=False)
+        self.client.disconnected.addCallback(lambda _: self.finish())
+
+    def on_packets(self, packets: list[CapturedPacket]) -> None:
+        self.packets += len(packets)
+        if self.files is not None:
+            try:
+                self.files.write_packets(self.interface_id, packets)
+            except OSError as e:
+                self.log.error("Daemon {host}: cannot write: {why}; capture ended", host=self.host, why=e)
+                self.client.close()
+
+    async def report(self) -> None:
+        if self.files is not None:
+            self.files.tick()
+        if self.capture is None:
+            return
+        try:
+            stats = await self.capture.stats()
+        except Exception:
+            return
+        self.drops = stats.ifdrop + stats.krnldrop
+        if self.files is not None:
+            self.files.set_stats(self.interface_id, stats.ifrecv, stats.krnldrop, stats.ifdrop)
+        loss = self.capture.loss
+        self.log.info(
+            "Daemon {host}: {packets} packets, {drops} dropped by its kernel, {lost} lost in transit "
+            "({datagrams} datagrams)",
+            host=self.host,
+            packets=self.packets,
+            drops=self.drops,
+            lost=loss.lost_packets,
+            datagrams=loss.lost_datagrams,
+        )
+
+    def finish(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.capture is not None:
+            self.capture.close_data()
+        if self.files is not None:
+            self.files.close()
+            self.log.info(
+                "Daemon {host} gone: {packets} packets written to {n} file(s)",
+                host=self.host,
+                packets=self.packets,
+                n=len(self.files.files),
+            )
+            self.files = None
+        self.collector.sessions.discard(self)
+
+
+class CollectorService(MultiService):
+    """Accepts active daemons on every C{listen} endpoint and records their captures."""
+
+    def __init__(
+        self, reactor: Any, settings: CollectorSettings, listen: Sequence[str] = (DEFAULT_LISTEN,)
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.settings = settings
+        self.sessions: set[DaemonSession] = set()
+        os.makedirs(settings.directory, exist_ok=True)
+        factory = RpcapClientFactory(self._daemon_connected)
+        for description in listen:
+            listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+
+    def _daemon_connected(self, client: RpcapClientProtocol) -> None:
+        session = DaemonSession(self, client)
+        self.sessions.add(session)
+        defer.ensureDeferred(session.run())
+
+    def stopService(self) -> Any:
+        for session in list(self.sessions):
+            session.client.close()
+            session.finish()
+        return super().stopService()

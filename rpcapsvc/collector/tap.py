@@ -1,0 +1,97 @@
+"""Command-line options of C{twistd rpcapcollect}."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.python import usage
+
+from .files import FORMATS
+from .service import DEFAULT_LISTEN, CollectorService, CollectorSettings
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A collector for RPCAP daemons in active mode (twistd rpcapd --active HOST:2003): "
+        "captures from each daemon that connects and writes rotating pcapng files."
+    )
+    optFlags = [["udp", "u", "Receive packets over UDP (classic or udpstr) instead of TCP."]]
+    optParameters = [
+        ["directory", "d", "captures", "Directory for the capture files."],
+        [
+            "interface",
+            "i",
+            None,
+            "Interface to capture on every daemon (default: its first, or preselected, one).",
+        ],
+        ["filter", "f", "", "Capture filter (pcap syntax), compiled here."],
+        ["snaplen", "s", 262144, "Bytes to keep of each packet.", int],
+        ["format", None, "pcapng", "pcapng or pcap."],
+        ["rotate-size", None, None, "Start a new file after this many megabytes.", float],
+        ["rotate-seconds", None, None, "Start a new file after this many seconds.", float],
+        ["max-files", None, None, "Keep only the newest N files per daemon and interface.", int],
+        [
+            "user",
+            None,
+            None,
+            "Log in to daemons as this user (password from $RPCAP_PASSWORD or --password-file).",
+        ],
+        ["password-file", None, None, "File holding the password for --user."],
+        ["stats-interval", None, 10.0, "Seconds between counter reports.", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["host-interface"] = {}
+
+    def opt_listen(self, description: str) -> None:
+        """Accept daemons on this endpoint (repeatable; default tcp:2003)."""
+        self["listen"].append(description)
+
+    def opt_host_interface(self, mapping: str) -> None:
+        """HOST=IFACE: capture IFACE on the daemon connecting from HOST (repeatable)."""
+        host, sep, iface = mapping.partition("=")
+        if not sep or not host or not iface:
+            raise usage.UsageError(f"--host-interface wants HOST=IFACE, not {mapping!r}")
+        self["host-interface"][host] = iface
+
+    def postOptions(self) -> None:
+        self["listen"] = self["listen"] or [DEFAULT_LISTEN]
+        if self["format"] not in FORMATS:
+            raise usage.UsageError(f"--format must be one of {', '.join(FORMATS)}")
+        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):
+            if self[name] is not None and self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        self.password = b""
+        if self["user"]:
+            if self["password-file"]:
+                with open(self["password-file"], "rb") as f:
+                    self.password = f.read().rstrip(b"\r\n")
+            else:
+                self.password = os.environ.get("RPCAP_PASSWORD", "").encode()
+
+
+def makeService(options: Options) -> CollectorService:
+    from twisted.internet import reactor
+
+    reactor_: Any = reactor
+    size = options["rotate-size"]
+    settings = CollectorSettings(
+        directory=options["directory"],
+        interface=options["interface"],
+        host_interfaces=dict(options["host-interface"]),
+        filter=options["filter"],
+        snaplen=options["snaplen"],
+        udp=bool(options["udp"]),
+        format=options["format"],
+        rotate_bytes=int(size * 1_000_000) if size else None,
+        rotate_seconds=options["rotate-seconds"],
+        max_files=options["max-files"],
+        username=options["user"].encode() if options["user"] else None,
+        password=options.password,
+        stats_interval=options["stats-interval"],
+    )
+    return CollectorService(reactor_, settings, options["listen"])
