@@ -27,7 +27,7 @@ from .capture.system import (
 from .protocol import bpf
 from .protocol.datachannel import PacketBatch
 from .protocol.wire import BpfProgram, InterfaceInfo
-from .server.datachannel import IDataChannels, IPacketSink
+from .server.datachannel import IDataChannels, IPacketSink, TlsSettings
 
 DLT_EN10MB = 1
 
@@ -166,7 +166,7 @@ class FakeDataChannels:
         self.fail_connect: Optional[Exception] = None
 
     def listen_tcp(
-        self, interface: str, allowed_host: str, snaplen: int
+        self, interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
         self.requests.append(("listen", interface, allowed_host))
         sink = RecordingSink(snaplen)
@@ -176,7 +176,9 @@ class FakeDataChannels:
         d.addCallback(lambda _: sink)
         return 40000 + len(self.requests), d
 
-    def connect_tcp(self, host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
+    def connect_tcp(
+        self, host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+    ) -> defer.Deferred[IPacketSink]:
         self.requests.append(("connect", host, str(port)))
         if self.fail_connect is not None:
             return defer.fail(self.fail_connect)

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from ..capture.system import ICaptureSystem
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
-from .datachannel import DataChannels, IDataChannels
+from .datachannel import DataChannels, IDataChannels, TlsSettings, tls_settings_of
 from .session import IControlChannel, ServerSession, SessionPolicy, client_allowed
 
 
@@ -39,11 +39,13 @@ class RpcapServerProtocol(protocol.Protocol):
         self.peer_host = ""
         self.local_host = ""
         self.active = factory.active
+        self.tls: Optional[TlsSettings] = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.peer_host = _host(self.transport.getPeer())
         self.local_host = _host(self.transport.getHost())
+        self.tls = tls_settings_of(self.transport)
         if not self.active and not client_allowed(self.factory.policy, self.peer_host):
             self.log.warn(
                 "Refused control connection from {peer}: not an allowed client", peer=self.peer_host

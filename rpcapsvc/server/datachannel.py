@@ -13,10 +13,19 @@ import errno
 import socket
 from typing import Any, Callable, Optional
 
+import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
@@ -43,15 +52,36 @@ class IPacketSink(Interface):
         """Call C{callback} with a reason when the peer closes the channel."""
 
 
+@attrs.frozen
+class TlsSettings:
+    """
+    How a session's control connection does TLS, so that its TCP data
+    connection does the same: the control connection's TLS factory, which
+    holds the certificate, the trust roots and our role (client or server).
+    """
+
+    factory: TLSMemoryBIOFactory
+
+
+def tls_settings_of(transport: object) -> Optional[TlsSettings]:
+    """The TLS settings of a control connection; C{None} when it is plaintext."""
+    factory = getattr(transport, "factory", None)
+    if ISSLTransport.providedBy(transport) and isinstance(factory, TLSMemoryBIOFactory):
+        return TlsSettings(factory)
+    return None
+
+
 class IDataChannels(Interface):
     """Opens a session's data channel; see L{DataChannels}."""
 
     def listen_tcp(
-        interface: str, allowed_host: str, snaplen: int
+        interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
         """Listen on a fresh port for the client's data connection: the port, and the sink to come."""
 
-    def connect_tcp(host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
+    def connect_tcp(
+        host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+    ) -> defer.Deferred[IPacketSink]:
         """Connect to the client's data port."""
 
     def open_udp(host: str, port: int, snaplen: int, read_timeout_ms: int) -> tuple[int, IPacketSink]:
@@ -227,15 +257,35 @@ class _OneConnectionFactory(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, allowed_host: str, sink: TcpPacketSink) -> None:
+    def __init__(self, allowed_host: str, sink: TcpPacketSink, tls: Optional[TlsSettings] = None) -> None:
         self.allowed_host = allowed_host
         self.sink: Optional[TcpPacketSink] = sink
+        self.tls = tls
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Optional[protocol.Protocol]:
         if self.sink is None or getattr(addr, "host", None) != self.allowed_host:
             return None
         sink, self.sink = self.sink, None
-        return sink
+        if self.tls is None:
+            return sink
+        return _tls_factory(self.tls, sink).buildProtocol(addr)
+
+
+class _TlsWrapped(protocol.Factory):
+    """Wraps one sink in TLS exactly as the session's control connection is wrapped."""
+
+    noisy = False
+
+    def __init__(self, tls: TlsSettings, sink: TcpPacketSink) -> None:
+        self.tls = tls
+        self.sink = sink
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> TLSMemoryBIOProtocol:
+        return TLSMemoryBIOProtocol(self.tls.factory, self.sink)
+
+
+def _tls_factory(tls: TlsSettings, sink: TcpPacketSink) -> _TlsWrapped:
+    return _TlsWrapped(tls, sink)
 
 
 @implementer(IDataChannels)
@@ -258,7 +308,7 @@ class DataChannels:
         self.udp_sndbuf = udp_sndbuf
 
     def listen_tcp(
-        self, interface: str, allowed_host: str, snaplen: int
+        self, interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
         """
         Listen on a fresh port of C{interface} for one connection from
@@ -267,7 +317,7 @@ class DataChannels:
         """
         sink = TcpPacketSink(snaplen)
         port: IListeningPort = self._reactor.listenTCP(  # type: ignore[attr-defined]
-            0, _OneConnectionFactory(allowed_host, sink), backlog=1, interface=interface
+            0, _OneConnectionFactory(allowed_host, sink, tls), backlog=1, interface=interface
         )
 
         def cancel(d: defer.Deferred[IPacketSink]) -> None:
@@ -298,12 +348,15 @@ class DataChannels:
         result.addErrback(cleanup)
         return port.getHost().port, result  # type: ignore[attr-defined]
 
-    def connect_tcp(self, host: str, port: int, snaplen: int) -> defer.Deferred[IPacketSink]:
-        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+    def connect_tcp(
+        self, host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+    ) -> defer.Deferred[IPacketSink]:
+        from twisted.internet.endpoints import HostnameEndpoint
 
         sink = TcpPacketSink(snaplen)
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.accept_timeout)
-        d = connectProtocol(endpoint, sink)
+        factory: Any = protocol.Factory.forProtocol(lambda: sink) if tls is None else _tls_factory(tls, sink)
+        d: defer.Deferred[Any] = endpoint.connect(factory)
         d.addCallback(lambda _: sink.connected_deferred)
         return d
 

@@ -89,6 +89,7 @@ class IControlChannel(Interface):
     peer_host = Attribute("The client's address, as a string.")
     local_host = Attribute("Our address on this connection, as a string.")
     active = Attribute("True when we made this connection (active mode).")
+    tls = Attribute("The connection's TlsSettings, or None when it is plaintext.")
 
     def send_message(message: Message) -> None:
         """Send one control message."""
@@ -431,6 +432,10 @@ class ServerSession:
         capture = _Capture(handle, snaplen)
         peer = self.channel.peer_host
         try:
+            if StartCapFlags.DGRAM in flags and self.channel.tls is not None:
+                handle.close()
+                self._error(ErrorCode.STARTCAPTURE, "UDP data channels cannot be encrypted: use TCP with TLS")
+                return None
             if StartCapFlags.DGRAM in flags:
                 port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
                 self._begin(capture, options)
@@ -438,7 +443,7 @@ class ServerSession:
                 self.channel.send_message(StartCaptureReply(options.buffer_size, port))
                 return None
             if StartCapFlags.SERVEROPEN in flags or self.channel.active:
-                d = self.data_channels.connect_tcp(peer, msg.portdata, snaplen)
+                d = self.data_channels.connect_tcp(peer, msg.portdata, snaplen, self.channel.tls)
                 capture.pending_sink = d
                 self._begin(capture, options)
 
@@ -454,7 +459,7 @@ class ServerSession:
 
                 d.addCallbacks(connected, failed)
                 return d  # type: ignore[return-value]
-            port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen)
+            port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen, self.channel.tls)
         except Exception as e:  # a socket we could not make
             handle.close()
             self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
