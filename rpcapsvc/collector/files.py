@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import BinaryIO, Callable, Iterable, Optional
+from typing import IO, Callable, Iterable, Optional
 
 import attrs
 from twisted.logger import Logger
@@ -204,7 +204,7 @@ class CaptureFileWriter:
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: IO[bytes],
         format: str = "pcapng",
         *,
         close_stream: bool = True,
