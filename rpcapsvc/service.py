@@ -91,8 +91,10 @@ class RpcapdService(MultiService):
         self._static_null_auth = self.policy.null_auth
         self._old_sighup: Any = None
         self.collectors: dict[ActiveTarget, ClientService] = {}
+        self.sessions: set[Any] = set()
+        """Every session, passive and active: the session limit counts them all."""
         self.passive_factory = RpcapServerFactory(
-            reactor, self.capture_system, self.policy, self.data_channels
+            reactor, self.capture_system, self.policy, self.data_channels, sessions=self.sessions
         )
         self.listeners: list[StreamServerEndpointService] = []
         for description in listen:
@@ -136,6 +138,7 @@ class RpcapdService(MultiService):
                 active=True,
                 interface=target.ifname,
                 interface_address=target.ifaddr,
+                sessions=self.sessions,
             )
             service = collector_service(self.reactor, target.endpoint, factory, target.describe())
             service.setServiceParent(self)
@@ -170,6 +173,7 @@ class RpcapdService(MultiService):
         self.reactor.callFromThread(self.reload)
 
     def stopService(self) -> Any:
+        self.passive_factory.close_sessions("the daemon is stopping")
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.cred import credentials, strcred
+from twisted.cred import checkers, credentials, strcred
 from twisted.python import usage
 
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
@@ -29,6 +29,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     optFlags = [
         ["null-auth", "n", "Let clients in without a password (RPCAP null authentication)."],
+        [
+            "capture-own-traffic",
+            None,
+            "Let captures include the daemon's own control and data packets "
+            "(by default they are filtered out in the kernel, so forwarded packets are never captured again).",
+        ],
     ]
     optParameters = [
         [
@@ -55,6 +61,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             int,
         ],
         ["udp-sndbuf", None, None, "Kernel send buffer of UDP data channels, in bytes.", int],
+        ["max-sessions", None, 64, "Most control sessions served at once (passive and active).", int],
+        ["max-message-size", None, 256 * 1024, "Largest control message accepted, in bytes.", int],
     ]
 
     def __init__(self) -> None:
@@ -89,6 +97,31 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     opt_a = opt_active
 
+    def opt_auth(self, description: str) -> None:
+        """
+        Let clients log in with a password (repeatable; each method is tried in
+        turn): memory:USER:PASS[:USER:PASS...], file:PATH (plain-text USER:PASS
+        lines), hashfile:PATH (crypt-style hashes, written by rpcapd-passwd), or
+        unix (system accounts, as libpcap's rpcapd; needs root).  --help-auth
+        lists every method.
+        """
+        auth_type, _, argstring = description.partition(":")
+        if auth_type == "unix":
+            # Twisted's own unix checker needs the crypt and spwd modules, gone in Python 3.13.
+            from .auth import CryptUnavailable, SystemAccountChecker
+
+            if argstring:
+                raise usage.UsageError("--auth unix takes no argument")
+            try:
+                self.addChecker(SystemAccountChecker())
+            except CryptUnavailable as e:
+                raise usage.UsageError(f"--auth unix: {e}") from None
+        elif auth_type == "memory":
+            # Twisted's memory checker keeps str names, which never equal the bytes a client sends.
+            self.addChecker(_memory_checker(argstring))
+        else:
+            strcred.AuthOptionMixin.opt_auth(self, description)
+
     def opt_allow(self, host: str) -> None:
         """Only let clients from this host, address or CIDR block connect (repeatable)."""
         self["allow"].append(host)
@@ -113,12 +146,28 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
+        if self["max-sessions"] <= 0:
+            raise usage.UsageError("--max-sessions must be positive")
+        if self["max-message-size"] < 65556:
+            raise usage.UsageError(
+                "--max-message-size must be at least 65556 (a full 8192-instruction filter)"
+            )
         if self["buffer-size"] <= 0:
             raise usage.UsageError("--buffer-size must be positive")
         try:
             resolve_clients([*self["allow"], *self.config.passive_clients])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _memory_checker(argstring: str) -> checkers.InMemoryUsernamePasswordDatabaseDontUse:
+    pieces = argstring.split(":") if argstring else []
+    if len(pieces) % 2:
+        raise usage.UsageError("--auth memory: expected USER:PASS[:USER:PASS...]")
+    checker = checkers.InMemoryUsernamePasswordDatabaseDontUse()
+    for user, password in zip(pieces[::2], pieces[1::2]):
+        checker.addUser(user.encode("utf-8"), password.encode("utf-8"))
+    return checker
 
 
 def makeService(options: Options) -> RpcapdService:
@@ -132,6 +181,9 @@ def makeService(options: Options) -> RpcapdService:
         preselected_interface=interface,
         buffer_size=options["buffer-size"],
         auth_timeout=options["auth-timeout"],
+        exclude_own_traffic=not options["capture-own-traffic"],
+        max_sessions=options["max-sessions"],
+        max_message_size=options["max-message-size"],
     )
     return RpcapdService(
         reactor_,

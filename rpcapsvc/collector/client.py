@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..capture.compiler import compile_filter
 from ..protocol import bpf
 from ..protocol.datachannel import PKTHDR_SIZE, CapturedPacket, decode_packet_payload
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
@@ -115,7 +116,8 @@ class RpcapClientProtocol(protocol.Protocol):
     def request(self, message: Message, reply_type: int) -> defer.Deferred[Any]:
         """Send C{message}; the Deferred fires with the reply of C{reply_type}."""
         d: defer.Deferred[Any] = defer.Deferred()
-        if self.transport is None or not self.when_connected.called:
+        # After connectionLost no reply can come: fail at once, never hang.
+        if self.transport is None or not self.when_connected.called or self.disconnected.called:
             d.errback(ConnectionDone("not connected"))
             return d
         self._waiting.append((reply_type, d))
@@ -295,23 +297,6 @@ class CaptureSettings:
     read_timeout_ms: int = 100
     filter: str = ""
     udp: bool = False
-
-
-def compile_filter(expression: str, linktype: int, snaplen: int) -> BpfProgram:
-    """
-    Compile a pcap filter expression here, for the remote link type; an empty
-    expression gives a one-instruction accept-all program, so the startcap
-    is always well formed (some servers refuse an empty program).
-    """
-    if not expression.strip():
-        return BpfProgram.from_tuples([(bpf.BPF_RET | bpf.BPF_K, 0, 0, snaplen)])
-    import pcapy
-
-    try:
-        program = pcapy.compile(linktype, snaplen, expression, 1, 0xFFFFFFFF)
-    except pcapy.PcapError as e:
-        raise ValueError(f"cannot compile filter {expression!r}: {e}") from e
-    return BpfProgram.from_tuples([tuple(i) for i in program.get_bpf()])
 
 
 @attrs.define(eq=False)

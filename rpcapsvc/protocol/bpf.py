@@ -254,3 +254,22 @@ def for_cooked_kernel(program: BpfProgram) -> Optional[BpfProgram]:
             insn = BpfInstruction(insn.code, insn.jt, insn.jf, k)
         insns.append(insn)
     return BpfProgram(tuple(insns))
+
+
+def exclude(unwanted: BpfProgram, program: BpfProgram) -> BpfProgram:
+    """
+    A program that rejects what C{unwanted} accepts and runs C{program} on
+    everything else: each of C{unwanted}'s returns becomes C{ret #0} (it
+    matched) or a jump to the start of C{program} (it did not).  Both are
+    validated programs; their jumps stay relative, so they compose as they are.
+    """
+    n = len(unwanted.instructions)
+    insns = []
+    for pc, insn in enumerate(unwanted.instructions):
+        if insn.code & 0x07 == BPF_RET:
+            if insn.code == BPF_RET | BPF_K and insn.k == 0:
+                insn = BpfInstruction(BPF_JMP | BPF_JA, 0, 0, n - pc - 1)
+            else:
+                insn = BpfInstruction(BPF_RET | BPF_K, 0, 0, 0)
+        insns.append(insn)
+    return BpfProgram(tuple(insns) + program.instructions)

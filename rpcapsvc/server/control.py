@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..capture.system import ICaptureSystem
-from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser
+from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
 from .datachannel import DataChannels, IDataChannels, TlsSettings, tls_settings_of
 from .session import IControlChannel, ServerSession, SessionPolicy, client_allowed
@@ -35,17 +35,21 @@ class RpcapServerProtocol(protocol.Protocol):
 
     def __init__(self, factory: RpcapServerFactory) -> None:
         self.factory = factory
-        self.parser = ControlStreamParser(factory.max_message_size)
+        self.parser = ControlStreamParser(factory.policy.max_message_size)
         self.peer_host = ""
         self.local_host = ""
         self.active = factory.active
         self.tls: Optional[TlsSettings] = None
+        self.local_port = 0
+        self.peer_port = 0
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.peer_host = _host(self.transport.getPeer())
         self.local_host = _host(self.transport.getHost())
         self.tls = tls_settings_of(self.transport)
+        self.local_port = int(getattr(self.transport.getHost(), "port", 0) or 0)
+        self.peer_port = int(getattr(self.transport.getPeer(), "port", 0) or 0)
         if not self.active and not client_allowed(self.factory.policy, self.peer_host):
             self.log.warn(
                 "Refused control connection from {peer}: not an allowed client", peer=self.peer_host
@@ -53,6 +57,15 @@ class RpcapServerProtocol(protocol.Protocol):
             self.send_message(
                 ErrorReply(ErrorCode.HOSTNOAUTH, f"host {self.peer_host} is not allowed to connect")
             )
+            self.close()
+            return
+        if len(self.factory.sessions) >= self.factory.policy.max_sessions:
+            self.log.warn(
+                "Refused control connection {peer}: {n} sessions already",
+                peer=self.peer_host,
+                n=len(self.factory.sessions),
+            )
+            self.send_message(ErrorReply(ErrorCode.NETWORK, "too many sessions; try again later"))
             self.close()
             return
         self.factory.sessions.add(self)
@@ -115,7 +128,7 @@ class RpcapServerFactory(protocol.Factory):
         active: bool = False,
         interface: Optional[str] = None,
         interface_address: Optional[str] = None,
-        max_message_size: int = DEFAULT_MAX_PAYLOAD,
+        sessions: Optional[set[RpcapServerProtocol]] = None,
     ) -> None:
         self.reactor = reactor
         self.capture_system = capture_system
@@ -124,11 +137,17 @@ class RpcapServerFactory(protocol.Factory):
         self.active = active
         self.interface = interface
         self.interface_address = interface_address
-        self.max_message_size = max_message_size
-        self.sessions: set[RpcapServerProtocol] = set()
+        self.sessions: set[RpcapServerProtocol] = set() if sessions is None else sessions
+        """Every session of the service (shared by its factories, for the session limit)."""
 
     def buildProtocol(self, addr: Optional[IAddress]) -> RpcapServerProtocol:
         return RpcapServerProtocol(self)
+
+    def close_sessions(self, why: str) -> None:
+        """End every session: captures stopped, connections closed."""
+        for p in list(self.sessions):
+            if p.session is not None:
+                p.session.close(why)
 
     def preselected_interface(self) -> Optional[str]:
         """

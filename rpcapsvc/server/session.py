@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+from ..capture.compiler import compile_filter
 from ..capture.reader import CaptureReader
 from ..capture.system import (
     CaptureError,
@@ -41,12 +42,13 @@ from ..capture.system import (
     ICaptureSystem,
 )
 from ..protocol import bpf
-from ..protocol.framing import MessageTooLarge, Received
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, MessageTooLarge, Received
 from ..protocol.wire import (
     PROTOCOL_VERSION,
     AuthReply,
     AuthRequest,
     AuthType,
+    BpfProgram,
     CloseRequest,
     EndCaptureReply,
     EndCaptureRequest,
@@ -90,6 +92,8 @@ class IControlChannel(Interface):
     local_host = Attribute("Our address on this connection, as a string.")
     active = Attribute("True when we made this connection (active mode).")
     tls = Attribute("The connection's TlsSettings, or None when it is plaintext.")
+    local_port = Attribute("Our port on this connection (0 when it has none).")
+    peer_port = Attribute("The client's port on this connection (0 when it has none).")
 
     def send_message(message: Message) -> None:
         """Send one control message."""
@@ -119,6 +123,11 @@ class SessionPolicy:
     buffer_size: int = 2 * 1024 * 1024
     failed_auth_delay: float = 1.0
     auth_timeout: float = 90.0
+    exclude_own_traffic: bool = True
+    """Keep the session's own control and data packets out of its captures."""
+    max_sessions: int = 64
+    """Sessions served at once, across every listener and collector of a service."""
+    max_message_size: int = DEFAULT_MAX_PAYLOAD
 
 
 # A request payload that cannot be decoded is answered with its operation's code.
@@ -149,12 +158,19 @@ def is_local_interface_name(name: str) -> bool:
     return bool(name) and len(name) < 256 and "/" not in name and ":" not in name and "\0" not in name
 
 
+class _FilterRefused(Exception):
+    pass
+
+
 class _Capture:
     """One running capture: its handle, reader and data channel."""
 
-    def __init__(self, handle: ICaptureHandle, snaplen: int) -> None:
+    def __init__(self, handle: ICaptureHandle, snaplen: int, client_program: Optional[BpfProgram]) -> None:
         self.handle = handle
         self.snaplen = snaplen
+        self.client_program = client_program
+        self.own_traffic = ""
+        self.data_channel = ""
         self.reader: Optional[CaptureReader] = None
         self.sink: Optional[IPacketSink] = None
         self.pending_sink: Optional[defer.Deferred[IPacketSink]] = None
@@ -422,27 +438,30 @@ class ServerSession:
             direction=direction,
             buffer_size=self.policy.buffer_size,
         )
+        if StartCapFlags.DGRAM in flags and self.channel.tls is not None:
+            self._error(ErrorCode.STARTCAPTURE, "UDP data channels cannot be encrypted: use TCP with TLS")
+            return None
         try:
             handle = self.capture_system.open(self.device, options)
-            if program is not None:
-                handle.set_filter(program)
         except CaptureError as e:
             self._error(ErrorCode.STARTCAPTURE, f"cannot capture on {self.device}: {e}")
             return None
-        capture = _Capture(handle, snaplen)
+        capture = _Capture(handle, snaplen, program)
         peer = self.channel.peer_host
         try:
-            if StartCapFlags.DGRAM in flags and self.channel.tls is not None:
-                handle.close()
-                self._error(ErrorCode.STARTCAPTURE, "UDP data channels cannot be encrypted: use TCP with TLS")
-                return None
             if StartCapFlags.DGRAM in flags:
                 port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
+                try:
+                    self._place_filter(capture, f"udp and port {port} and port {msg.portdata}")
+                except CaptureError as e:
+                    sink.close()
+                    raise _FilterRefused(str(e)) from e
                 self._begin(capture, options)
                 self._sink_ready(capture, sink)
                 self.channel.send_message(StartCaptureReply(options.buffer_size, port))
                 return None
             if StartCapFlags.SERVEROPEN in flags or self.channel.active:
+                self._place_filter(capture, f"tcp and port {msg.portdata}")
                 d = self.data_channels.connect_tcp(peer, msg.portdata, snaplen, self.channel.tls)
                 capture.pending_sink = d
                 self._begin(capture, options)
@@ -460,6 +479,15 @@ class ServerSession:
                 d.addCallbacks(connected, failed)
                 return d  # type: ignore[return-value]
             port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen, self.channel.tls)
+            try:
+                self._place_filter(capture, f"tcp and port {port}")
+            except CaptureError as e:
+                d.cancel()
+                raise _FilterRefused(str(e)) from e
+        except (CaptureError, _FilterRefused) as e:
+            handle.close()
+            self._error(ErrorCode.STARTCAPTURE, f"cannot filter on {self.device}: {e}")
+            return None
         except Exception as e:  # a socket we could not make
             handle.close()
             self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
@@ -483,6 +511,37 @@ class ServerSession:
 
         d.addCallbacks(accepted, not_accepted)
         return None
+
+    def _place_filter(self, capture: _Capture, data_channel: str) -> None:
+        """
+        Give the capture its filter: the client's program, behind a program
+        that drops this session's own control and data traffic (unless the
+        operator turned that off), so that forwarded packets are never
+        captured again.  C{data_channel} is a pcap expression for the data
+        channel's packets.
+        """
+        capture.data_channel = data_channel
+        capture.own_traffic = self._own_traffic_expression(data_channel)
+        program = capture.client_program
+        if self.policy.exclude_own_traffic and capture.own_traffic:
+            try:
+                unwanted = compile_filter(capture.own_traffic, capture.handle.linktype)
+            except ValueError:
+                unwanted = None  # a link type without IP: nothing of ours to see there
+            if unwanted is not None:
+                program = bpf.exclude(unwanted, program or bpf.ACCEPT_ALL)
+        if program is not None:
+            capture.handle.set_filter(program)
+
+    def _own_traffic_expression(self, data_channel: str) -> str:
+        peer = self.channel.peer_host
+        if not peer:
+            return ""
+        host = f"host {peer}"
+        clauses = [f"({data_channel})"]
+        if self.channel.local_port and self.channel.peer_port:
+            clauses.append(f"(tcp and port {self.channel.local_port} and port {self.channel.peer_port})")
+        return f"{host} and ({' or '.join(clauses)})"
 
     def _begin(self, capture: _Capture, options: CaptureOptions) -> None:
         self._capture = capture
@@ -544,7 +603,8 @@ class ServerSession:
         program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
         try:
             bpf.validate(program)
-            self._capture.handle.set_filter(program)
+            self._capture.client_program = program
+            self._place_filter(self._capture, self._capture.data_channel)
         except (bpf.InvalidFilter, CaptureError) as e:
             self._error(ErrorCode.UPDATEFILTER, f"invalid filter: {e}")
             return

@@ -634,14 +634,17 @@ class StartCaptureTests(SessionTestBase):
     def test_with_filter(self) -> None:
         """A capture started with a filter delivers only matching packets."""
         client, handle, sink = self.capturing(filter=ICMP_FILTER)
-        self.assertEqual(handle.filter, ICMP_FILTER)
+        # The client's program runs last, behind the one that drops the session's own traffic.
+        assert handle.filter is not None
+        self.assertEqual(
+            handle.filter.instructions[-len(ICMP_FILTER.instructions) :], ICMP_FILTER.instructions
+        )
         handle.inject([(1, 0, UDP_PACKET), (2, 0, ICMP_PACKET), (3, 0, UDP_PACKET), (4, 0, ICMP_PACKET)])
         self.reader(sink).doRead()
         self.assertEqual(packets_of(sink.batches), [(2, 0, ICMP_PACKET), (4, 0, ICMP_PACKET)])
 
     def test_empty_filter_captures_everything(self) -> None:
         client, handle, sink = self.capturing(filter=BpfProgram(()))
-        self.assertIsNone(handle.filter)
         handle.inject([(1, 0, UDP_PACKET), (2, 0, ICMP_PACKET)])
         self.reader(sink).doRead()
         self.assertEqual(len(packets_of(sink.batches)), 2)
@@ -746,8 +749,9 @@ class UpdateFilterTests(SessionTestBase):
     def test_invalid_program(self) -> None:
         """An invalid program is refused with code 7 and the old filter stays."""
         client, handle, sink = self.capturing(filter=ICMP_FILTER)
+        placed = handle.filter
         self.assertError(client.request(UpdateFilterRequest(JUMP_PAST_END)), ErrorCode.UPDATEFILTER)
-        self.assertEqual(handle.filter, ICMP_FILTER)
+        self.assertEqual(handle.filter, placed)
         handle.inject([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)])
         self.reader(sink).doRead()
         self.assertEqual([p[0] for p in packets_of(sink.batches)], [1])
@@ -862,7 +866,7 @@ class CloseTests(SessionTestBase):
 class GarbageTests(SessionTestBase):
     def test_oversized_message(self) -> None:
         client = self.authed()
-        limit = self.factory.max_message_size
+        limit = self.factory.policy.max_message_size
         client.send(HEADER.pack(0, 3, 0, limit + 1))
         [reply] = client.replies()
         self.assertError(reply, ErrorCode.WRONGMSG)
@@ -872,9 +876,8 @@ class GarbageTests(SessionTestBase):
         factory = RpcapServerFactory(
             self.reactor,
             self.system,
-            SessionPolicy(null_auth=True),
+            SessionPolicy(null_auth=True, max_message_size=100),
             data_channels=self.channels,  # type: ignore[arg-type]
-            max_message_size=100,
         )
         client = self.connect(factory)
         client.send(HEADER.pack(0, 8, 0, 101))
@@ -942,7 +945,7 @@ class GarbageTests(SessionTestBase):
         a.request(StartCaptureRequest(100, 1000, StartCapFlags.DGRAM, 2003))
         a_handle = self.system.handles[-1]
         self.assertError(a.request(frame(99)), ErrorCode.WRONGMSG)
-        a.send(HEADER.pack(0, 3, 0, self.factory.max_message_size + 1))
+        a.send(HEADER.pack(0, 3, 0, self.factory.policy.max_message_size + 1))
         self.assertFalse(a.connected)
         self.assertTrue(a_handle.closed)
 
@@ -993,3 +996,97 @@ class CaptureFailureTests(SessionTestBase):
         old_sink.on_lost("late")  # type: ignore[operator]
         self.assertFalse(new_handle.closed)
         self.assertEqual(client.session.state, SessionState.CAPTURING)
+
+
+def ether_ipv4_between(proto: int, src: str, dst: str, sport: int, dport: int, body: bytes = b"x") -> bytes:
+    """An Ethernet/IPv4 frame of a TCP (6) or UDP (17) packet between two endpoints."""
+    if proto == 17:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
+    else:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x18, 512, 0, 0) + body
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(l4),
+        1,
+        0,
+        64,
+        proto,
+        0,
+        bytes(map(int, src.split("."))),
+        bytes(map(int, dst.split("."))),
+    )
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4
+
+
+class OwnTrafficTests(SessionTestBase):
+    """
+    By default a capture never includes the session's own control and data
+    packets: forwarding them would capture them again, without end.
+    """
+
+    def test_own_data_and_control_packets_are_not_captured(self) -> None:
+        client, handle, sink = self.capturing(portdata=2003)  # UDP from our port 50000 to the peer's 2003
+        peer = client.transport.getPeer().host
+        local = client.transport.getHost().host
+        forwarded = ether_ipv4_between(17, local, peer, 50000, 2003)
+        control = ether_ipv4_between(6, peer, local, 5555, 2002)
+        control_reply = ether_ipv4_between(6, local, peer, 2002, 5555)
+        other_udp = ether_ipv4_between(17, local, peer, 50000, 9999)
+        other_host = ether_ipv4_between(17, local, "192.0.2.99", 50000, 2003)
+        handle.inject(
+            [(1, 0, forwarded), (2, 0, control), (3, 0, control_reply), (4, 0, other_udp), (5, 0, other_host)]
+        )
+        self.reader(sink).doRead()
+        self.assertEqual([p[0] for p in packets_of(sink.batches)], [4, 5])
+
+    def test_exclusion_composes_with_the_clients_filter(self) -> None:
+        client, handle, sink = self.capturing(filter=ICMP_FILTER)
+        peer = client.transport.getPeer().host
+        local = client.transport.getHost().host
+        handle.inject(
+            [
+                (1, 0, ether_ipv4_between(17, local, peer, 50000, 2003)),
+                (2, 0, ICMP_PACKET),
+                (3, 0, UDP_PACKET),
+            ]
+        )
+        self.reader(sink).doRead()
+        self.assertEqual([p[0] for p in packets_of(sink.batches)], [2])
+
+    def test_updatefilter_keeps_the_exclusion(self) -> None:
+        client, handle, sink = self.capturing()
+        peer = client.transport.getPeer().host
+        local = client.transport.getHost().host
+        accept_udp = BpfProgram.from_tuples([(6, 0, 0, 65535)])
+        self.assertIsInstance(client.request(UpdateFilterRequest(accept_udp)), UpdateFilterReply)
+        handle.inject([(1, 0, ether_ipv4_between(17, local, peer, 50000, 2003)), (2, 0, UDP_PACKET)])
+        self.reader(sink).doRead()
+        self.assertEqual([p[0] for p in packets_of(sink.batches)], [2])
+
+    def test_option_off_places_only_the_clients_filter(self) -> None:
+        self.factory = self.make_factory(exclude_own_traffic=False)
+        client, handle, sink = self.capturing(filter=ICMP_FILTER)
+        self.assertEqual(handle.filter, ICMP_FILTER)
+        client2, handle2, sink2 = self.capturing()
+        self.assertIsNone(handle2.filter)
+
+
+class SessionLimitTests(SessionTestBase):
+    def test_sessions_beyond_the_limit_are_refused(self) -> None:
+        self.factory = self.make_factory(max_sessions=2)
+        first, second = self.authed(), self.authed()
+        third = self.connect()
+        self.assertError(third.replies()[0], ErrorCode.NETWORK)
+        self.assertFalse(third.connected)
+        # The others are untouched, and a slot freed is a slot taken.
+        self.assertIsInstance(first.request(FindAllInterfacesRequest()), FindAllInterfacesReply)
+        second.transport.loseConnection()
+        self.assertIsInstance(self.authed().request(FindAllInterfacesRequest()), FindAllInterfacesReply)
+
+    def test_close_sessions_stops_captures(self) -> None:
+        client, handle, sink = self.capturing()
+        self.factory.close_sessions("stopping")
+        self.assertTrue(handle.closed)
+        self.assertFalse(client.connected)
