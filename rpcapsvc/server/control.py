@@ -74,13 +74,22 @@ class RpcapServerProtocol(protocol.Protocol):
             direction="to collector" if self.active else "from",
             peer=self.peer_host or "local client",
         )
+        try:
+            interface = self.factory.preselected_interface()
+        except Exception:
+            # Never let a fault here escape: in active mode it would stop
+            # ClientService from ever reconnecting to this collector.
+            self.log.failure("Cannot choose the preselected interface; closing")
+            self.factory.sessions.discard(self)
+            self.close()
+            return
         self.session = ServerSession(
             self,
             self.factory.capture_system,
             self.factory.data_channels,
             self.factory.policy,
             self.factory.reactor,
-            interface=self.factory.preselected_interface(),
+            interface=interface,
         )
 
     def dataReceived(self, data: bytes) -> None:

@@ -226,3 +226,66 @@ def warm_up(capture: PeerCapture, traffic: Traffic, timeout: float = 10.0) -> No
         if any(b"warmup-" in frame for frame in payloads(capture.lines)):
             return
     raise AssertionError(f"capture never started: {capture.lines[-5:]}")
+
+
+class ActivePeerCapture(PeerCapture):
+    """
+    libpcap's client in active mode, in the background: it waits (with
+    C{pcap_remoteact_accept}) for the daemon to connect to C{host:port},
+    prints C{{"accepted": HOST}}, then captures C{interface} through that
+    connection, its output collected as it comes.
+    """
+
+    def __init__(
+        self, port: int, interface: str, *options: str, host: str = "127.0.0.1", timeout_s: int = 10
+    ) -> None:
+        client = _peers.peer_client_path()
+        assert client is not None
+        self.lines = []
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                str(client),
+                "active",
+                "--listen-host",
+                host,
+                "--listen-port",
+                str(port),
+                "--timeout-s",
+                str(timeout_s),
+                "capture",
+                interface,
+                "--timeout-ms",
+                "50",
+                *options,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def wait_accepted(self, timeout: float = 5.0) -> float:
+        """Wait until the daemon has connected; the seconds it took."""
+        self.wait_for(lambda lines: any("accepted" in line for line in lines), timeout)
+        return time.monotonic() - self.started
+
+
+def active_peer(port: int, *args: str, host: str = "127.0.0.1", timeout_s: int = 10) -> list[dict[str, Any]]:
+    """
+    Run libpcap's client in active mode to completion (C{findalldevs}, or
+    C{capture IFACE ...}): it waits at most C{timeout_s} for the daemon to
+    connect to C{host:port}.  Its JSON lines.
+    """
+    return peer(
+        "active",
+        "--listen-host",
+        host,
+        "--listen-port",
+        str(port),
+        "--timeout-s",
+        str(timeout_s),
+        *args,
+        timeout=timeout_s + 30.0,
+    )
