@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,6 +111,7 @@ class Daemon:
                 self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def peer(*args: str, timeout: float = 30.0) -> list[dict[str, Any]]:
