@@ -69,6 +69,19 @@ def parse_source(text: str) -> Source:
     return Source(parts.scheme, parts.hostname, port, parts.path.lstrip("/"))
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid packet count {text!r}")
+    return int(text)
+
+
+def _snaplen(text: str) -> int:
+    # 0 as for tcpdump -s 0: a BPF program returning 0 would drop every packet.
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid snaplen {text!r}")
+    return int(text) or 262144
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rpcap-dump",
@@ -84,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write packets to FILE (pcapng; pcap if it ends in .pcap); - for stdout",
     )
-    p.add_argument("-c", "--count", type=int, help="stop after COUNT packets")
+    p.add_argument("-c", "--count", type=_count, help="stop after COUNT packets")
     p.add_argument("-f", "--filter", help="capture filter (same as the trailing expression)")
-    p.add_argument("-s", "--snaplen", type=int, default=262144, help="bytes to keep of each packet")
+    p.add_argument(
+        "-s", "--snaplen", type=_snaplen, default=262144, help="bytes to keep of each packet (0: 262144)"
+    )
     p.add_argument(
         "-p", "--no-promisc", action="store_true", help="do not put the interface in promiscuous mode"
     )
@@ -208,6 +223,10 @@ class Dump:
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> int:
+    if args.active and args.source and urlsplit(args.source).scheme not in ("rpcap", "rpcaps"):
+        # With --active there need be no source: the first word is the filter's.
+        args.expression = [args.source, *args.expression]
+        args.source = None
     source: Optional[Source] = parse_source(args.source) if args.source else None
     password = password_for(args)
     user = args.auth.encode() if args.auth else None
@@ -320,13 +339,15 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
 
     shutdown = reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(finish()))
     await dump.done
-    reactor.removeSystemEventTrigger(shutdown)
+    if not finished:  # else shutdown (Ctrl-C) is finishing, and its trigger is spent
+        reactor.removeSystemEventTrigger(shutdown)
     await finish()
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+    # Options may follow the source, as tcpdump takes them after its expression.
+    args = build_parser().parse_intermixed_args(argv)
 
     async def _main(reactor: Any) -> None:
         try:
@@ -341,10 +362,16 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.stderr.write(f"rpcap-dump: {e}\n")
             code = 1
         except Exception as e:
+            from OpenSSL.SSL import Error as TLSError
+            from service_identity import VerificationError
             from twisted.internet.error import ConnectError
 
             if isinstance(e, ConnectError):
                 sys.stderr.write(f"rpcap-dump: cannot connect: {e}\n")
+                code = 1
+            elif isinstance(e, (TLSError, VerificationError)):
+                # rpcaps://: most often a certificate that --ca (or the system's CAs) did not vouch for.
+                sys.stderr.write(f"rpcap-dump: TLS with the daemon failed: {e}\n")
                 code = 1
             else:
                 raise

@@ -12,6 +12,7 @@ vanishes or misbehaves ends only its own capture.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -47,6 +48,15 @@ class CollectorSettings:
     stats_interval: float = 10.0
 
 
+def _unmapped(host: str) -> str:
+    """An IPv4 daemon seen through a dual-stack IPv6 socket (::ffff:a.b.c.d) is a.b.c.d."""
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped is not None else host
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
 
@@ -59,7 +69,7 @@ class DaemonSession:
     def __init__(self, collector: CollectorService, client: RpcapClientProtocol) -> None:
         self.collector = collector
         self.client = client
-        self.host = client.peer_host
+        self.host = _unmapped(client.peer_host)
         self.capture: Optional[RemoteCapture] = None
         self.files: Optional[RotatingCaptureFiles] = None
         self.interface_id = 0
@@ -78,6 +88,14 @@ class DaemonSession:
                 if not interfaces:
                     raise ValueError("the daemon lists no interfaces")
                 wanted = interfaces[0].name
+            capture_settings = CaptureSettings(
+                wanted, snaplen=settings.snaplen, filter=settings.filter, udp=settings.udp
+            )
+            self.capture = await start_capture(
+                self.collector.reactor, self.client, capture_settings, self.on_packets, active=True
+            )
+            # Only now: a daemon that is refused (and retries) leaves no empty files.
+            # No packet can arrive before the reactor runs again.
             self.files = RotatingCaptureFiles(
                 settings.directory,
                 f"{_safe(self.host)}_{_safe(wanted)}",
@@ -85,12 +103,6 @@ class DaemonSession:
                 max_bytes=settings.rotate_bytes,
                 max_seconds=settings.rotate_seconds,
                 max_files=settings.max_files,
-            )
-            capture_settings = CaptureSettings(
-                wanted, snaplen=settings.snaplen, filter=settings.filter, udp=settings.udp
-            )
-            self.capture = await start_capture(
-                self.collector.reactor, self.client, capture_settings, self.on_packets, active=True
             )
             self.interface_id = self.files.add_interface(
                 wanted, self.capture.linktype, settings.snaplen, f"rpcap://{self.host}/{wanted}"

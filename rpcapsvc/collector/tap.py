@@ -60,6 +60,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["listen"] = self["listen"] or [DEFAULT_LISTEN]
+        if self["snaplen"] < 0:
+            raise usage.UsageError("--snaplen must not be negative")
+        # 0 as for tcpdump -s 0: a BPF program returning 0 would drop every packet.
+        self["snaplen"] = self["snaplen"] or 262144
         if self["format"] not in FORMATS:
             raise usage.UsageError(f"--format must be one of {', '.join(FORMATS)}")
         for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):

@@ -1,0 +1,454 @@
+"""
+Tests for C{twistd rpcapcollect}: its options (L{rpcapsvc.collector.tap}),
+the service L{makeService} builds from them, and L{CollectorService} with
+daemons in active mode connecting to it - rpcapsvc's own server over
+L{iosim}, with a fake capture system: which interface each daemon captures,
+what the files are called and hold, what is logged, and what happens when a
+daemon vanishes or refuses.  No sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.logger import Logger, formatEvent
+from twisted.python.usage import UsageError
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from rpcapsvc.collector import service as collector_service
+from rpcapsvc.collector.client import RpcapClientProtocol, TcpPacketReceiver
+from rpcapsvc.collector.service import DEFAULT_LISTEN, CollectorService, CollectorSettings, DaemonSession
+from rpcapsvc.collector.tap import Options, makeService
+from rpcapsvc.test.test_client import (
+    COLLECTOR_HOST,
+    DAEMON_HOST,
+    ICMP_PACKET,
+    OTHER_HOST,
+    UDP_PACKET,
+    InMemoryDaemon,
+    UdpMemoryReactor,
+)
+from rpcapsvc.test.test_dump import read_capture
+
+STAMP = r"\d{8}T\d{6}"
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        environ = dict(os.environ)
+        environ.pop("RPCAP_PASSWORD", None)
+        self.patch(os, "environ", environ)
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def refused(self, *argv: str) -> str:
+        with self.assertRaises(UsageError) as caught:
+            self.parse(*argv)
+        return str(caught.exception)
+
+    def test_defaults(self) -> None:
+        """With no options: daemons on TCP port 2003, pcapng files in ./captures, over TCP."""
+        options = self.parse()
+        self.assertEqual(DEFAULT_LISTEN, "tcp:2003")
+        self.assertEqual(options["listen"], ["tcp:2003"])
+        self.assertEqual(options["directory"], "captures")
+        self.assertEqual(options["format"], "pcapng")
+        self.assertEqual((options["snaplen"], options["filter"], options["udp"]), (262144, "", 0))
+        self.assertIsNone(options["interface"])
+        self.assertEqual(options["host-interface"], {})
+        self.assertEqual(
+            (options["rotate-size"], options["rotate-seconds"], options["max-files"]), (None,) * 3
+        )
+        self.assertEqual(options["stats-interval"], 10.0)
+        self.assertEqual(options.password, b"")
+
+    def test_listen_repeatable(self) -> None:
+        options = self.parse("--listen", "tcp:2003:interface=192.0.2.1", "--listen", "tcp6:2003")
+        self.assertEqual(options["listen"], ["tcp:2003:interface=192.0.2.1", "tcp6:2003"])
+
+    def test_host_interface(self) -> None:
+        """HOST=IFACE, repeatable; an IPv6 host's colons are fine."""
+        options = self.parse(
+            "--host-interface", "192.0.2.20=eth1", "--host-interface", "2001:db8::7=ens3", "-i", "eth0"
+        )
+        self.assertEqual(options["host-interface"], {"192.0.2.20": "eth1", "2001:db8::7": "ens3"})
+        self.assertEqual(options["interface"], "eth0")
+
+    def test_host_interface_bad(self) -> None:
+        for value in ("eth0", "=eth0", "192.0.2.20=", ""):
+            self.assertIn("HOST=IFACE", self.refused("--host-interface", value))
+
+    def test_format(self) -> None:
+        self.assertEqual(self.parse("--format", "pcap")["format"], "pcap")
+        self.assertIn("pcapng, pcap", self.refused("--format", "pcapx"))
+
+    def test_capture_options(self) -> None:
+        options = self.parse("-u", "-f", "not port 22", "-s", "128", "-d", "/srv/pcap")
+        self.assertEqual(
+            (options["udp"], options["filter"], options["snaplen"], options["directory"]),
+            (1, "not port 22", 128, "/srv/pcap"),
+        )
+
+    def test_not_positive_refused(self) -> None:
+        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):
+            for value in ("0", "-1"):
+                self.assertIn(f"--{name} must be positive", self.refused(f"--{name}", value))
+
+    def test_snaplen(self) -> None:
+        """A negative snaplen is refused; 0 means all of each packet, as for tcpdump -s 0."""
+        self.assertIn("--snaplen", self.refused("--snaplen", "-1"))
+        self.assertEqual(self.parse("--snaplen", "0")["snaplen"], 262144)
+
+    def test_not_a_number(self) -> None:
+        for option in ("--snaplen", "--rotate-size", "--max-files"):
+            self.assertRaises(UsageError, self.parse, option, "lots")
+
+    def test_password_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"secret\n")
+        os.environ["RPCAP_PASSWORD"] = "from-env"
+        self.assertEqual(self.parse("--user", "alice", "--password-file", path).password, b"secret")
+
+    def test_password_from_environment(self) -> None:
+        os.environ["RPCAP_PASSWORD"] = "from-env"
+        self.assertEqual(self.parse("--user", "alice").password, b"from-env")
+        self.assertEqual(self.parse().password, b"")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def make(self, *argv: str) -> CollectorService:
+        options = Options()
+        options.parseOptions(list(argv))
+        return makeService(options)
+
+    def test_service(self) -> None:
+        """makeService builds the collector its options describe, and makes its directory."""
+        directory = os.path.join(self.mktemp(), "captures")
+        service = self.make(
+            "-d",
+            directory,
+            "--listen",
+            "tcp:2003",
+            "--listen",
+            "tcp:2004:interface=127.0.0.1",
+            "-i",
+            "eth0",
+            "--host-interface",
+            "192.0.2.20=eth1",
+            "--filter",
+            "icmp",
+            "-s",
+            "96",
+            "--udp",
+            "--format",
+            "pcap",
+            "--rotate-size",
+            "1.5",
+            "--rotate-seconds",
+            "3600",
+            "--max-files",
+            "24",
+            "--stats-interval",
+            "30",
+        )
+        self.assertIsInstance(service, CollectorService)
+        self.assertTrue(os.path.isdir(directory))
+        self.assertEqual(
+            service.settings,
+            CollectorSettings(
+                directory=directory,
+                interface="eth0",
+                host_interfaces={"192.0.2.20": "eth1"},
+                filter="icmp",
+                snaplen=96,
+                udp=True,
+                format="pcap",
+                rotate_bytes=1_500_000,
+                rotate_seconds=3600.0,
+                max_files=24,
+                username=None,
+                password=b"",
+                stats_interval=30.0,
+            ),
+        )
+        listeners = list(service)
+        self.assertEqual(len(listeners), 2)
+        self.assertTrue(all(isinstance(s, StreamServerEndpointService) for s in listeners))
+        ports = [s.endpoint._port for s in listeners]  # type: ignore[attr-defined]
+        self.assertEqual(ports, [2003, 2004])
+        self.assertFalse(service.running)
+
+    def test_user(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"secret\n")
+        service = self.make("-d", self.mktemp(), "--user", "alice", "--password-file", path)
+        self.assertEqual((service.settings.username, service.settings.password), (b"alice", b"secret"))
+
+
+class Collector:
+    """A L{CollectorService} on a memory reactor, its log, and the daemons that connect to it."""
+
+    def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
+        self.test = test
+        self.reactor = UdpMemoryReactor()
+        self.directory = test.mktemp()
+        self.events: list[dict[str, Any]] = []
+        test.patch(DaemonSession, "log", Logger(observer=self.events.append))
+        self.service = CollectorService(self.reactor, CollectorSettings(self.directory, **settings))
+        self.service.startService()
+        test.addCleanup(lambda: self.service.running and self.service.stopService())
+        [listener] = list(self.service)
+        self.factory = listener.factory  # type: ignore[attr-defined]
+        self.daemons: list[InMemoryDaemon] = []
+
+    def log(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.directory))
+
+    def daemon_connects(
+        self, host: str = DAEMON_HOST, collector_host: str = COLLECTOR_HOST, **daemon: Any
+    ) -> tuple[InMemoryDaemon, RpcapClientProtocol, iosim.IOPump]:
+        """A daemon in active mode connects; the collector logs in, opens and starts capturing."""
+        d = InMemoryDaemon(host, active=True, **daemon)
+        self.test.addCleanup(d.close)
+        self.daemons.append(d)
+        address = IPv6Address if ":" in host else IPv4Address
+        client = self.factory.buildProtocol(address("TCP", host, 50000))
+        pump = d.connect(client, collector_host=collector_host, port=50000)
+        pump.flush()
+        return d, client, pump
+
+    def data_connects(self, host: str = DAEMON_HOST) -> TcpPacketReceiver:
+        """The daemon opens the TCP data connection the collector asked for."""
+        _, factory, _, _ = self.reactor.tcpServers[-1]
+        address = IPv6Address if ":" in host else IPv4Address
+        receiver = factory.buildProtocol(address("TCP", host, 50001))
+        receiver.makeConnection(iosim.FakeTransport(receiver, isServer=False))
+        return receiver  # type: ignore[no-any-return]
+
+    def capturing(
+        self, host: str = DAEMON_HOST, collector_host: str = COLLECTOR_HOST, **daemon: Any
+    ) -> tuple[InMemoryDaemon, DaemonSession, TcpPacketReceiver, iosim.IOPump]:
+        d, client, pump = self.daemon_connects(host, collector_host, **daemon)
+        receiver = self.data_connects(host)
+        [session] = [s for s in self.service.sessions if s.client is client]
+        self.test.assertIsNotNone(session.capture)
+        return d, session, receiver, pump
+
+
+class DaemonSessionTests(SynchronousTestCase):
+    def test_capture_into_a_file_named_for_the_daemon(self) -> None:
+        """
+        A daemon that connects is captured into <host>_<iface>_<time>_<n>.pcapng;
+        the file holds its packets, and the connection is logged.
+        """
+        collector = Collector(self, interface="eth0")
+        daemon, session, receiver, _ = collector.capturing()
+        self.assertEqual(daemon.system.handles[-1].device, "eth0")
+        [name] = collector.files()
+        self.assertRegex(name, rf"^192\.0\.2\.20_eth0_{STAMP}_00001\.pcapng$")
+        daemon.capture([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)])
+        daemon.forward_tcp(receiver)
+        self.assertEqual(session.packets, 2)
+        collector.service.stopService()
+        with open(os.path.join(collector.directory, name), "rb") as f:
+            self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)]))
+        log = collector.log()
+        self.assertIn("Daemon 192.0.2.20 connected", log)
+        self.assertIn(f"Daemon 192.0.2.20: capturing eth0 into {collector.directory}", log)
+
+    def test_ipv6_daemon(self) -> None:
+        """An IPv6 daemon's colons do not reach the file name."""
+        collector = Collector(self, interface="eth0")
+        collector.capturing("2001:db8::7", "2001:db8::1")
+        [name] = collector.files()
+        self.assertRegex(name, rf"^2001-db8-7_eth0_{STAMP}_00001\.pcapng$")
+
+    def test_ipv4_daemon_on_an_ipv6_listener(self) -> None:
+        """
+        An IPv4 daemon accepted on a dual-stack listener (--listen tcp6:2003)
+        is known by its IPv4 address: in --host-interface, file names and logs.
+        """
+        collector = Collector(self, interface="lo", host_interfaces={DAEMON_HOST: "eth0"})
+        daemon, _, _, _ = collector.capturing(f"::ffff:{DAEMON_HOST}", f"::ffff:{COLLECTOR_HOST}")
+        self.assertEqual(daemon.system.handles[-1].device, "eth0")
+        [name] = collector.files()
+        self.assertRegex(name, rf"^192\.0\.2\.20_eth0_{STAMP}_00001\.pcapng$")
+        self.assertIn("Daemon 192.0.2.20 connected", collector.log())
+
+    def test_unsafe_interface_name(self) -> None:
+        """An interface name that is no safe file name is made into one."""
+        from rpcapsvc.protocol.wire import InterfaceInfo
+
+        collector = Collector(self)
+        collector.capturing(interfaces=[InterfaceInfo("eth0 (uplink)")])
+        [name] = collector.files()
+        self.assertRegex(name, rf"^192\.0\.2\.20_eth0-uplink_{STAMP}_00001\.pcapng$")
+
+    def test_pcap_format(self) -> None:
+        collector = Collector(self, format="pcap", interface="eth0")
+        collector.capturing()
+        [name] = collector.files()
+        self.assertTrue(name.endswith("_00001.pcap"), name)
+
+    def test_daemons_first_interface_by_default(self) -> None:
+        """With no interface named, the daemon's first (its preselected one, when it has one)."""
+        collector = Collector(self)
+        daemon, _, _, _ = collector.capturing()
+        self.assertEqual(daemon.system.handles[-1].device, "lo")
+        other, _, _, _ = collector.capturing(OTHER_HOST, preselected="eth0")  # rpcapd -i eth0
+        self.assertEqual(other.system.handles[-1].device, "eth0")
+
+    def test_interface_per_host(self) -> None:
+        """--host-interface wins for its host; the others get --interface."""
+        collector = Collector(self, interface="lo", host_interfaces={DAEMON_HOST: "eth0"})
+        first, _, _, _ = collector.capturing()
+        other, _, _, _ = collector.capturing(OTHER_HOST)
+        self.assertEqual(first.system.handles[-1].device, "eth0")
+        self.assertEqual(other.system.handles[-1].device, "lo")
+        self.assertEqual(len(collector.files()), 2)
+
+    def test_filter_compiled_here(self) -> None:
+        collector = Collector(self, interface="eth0", filter="icmp")
+        daemon, session, receiver, _ = collector.capturing()
+        daemon.capture([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)])
+        daemon.forward_tcp(receiver)
+        self.assertEqual(session.packets, 1)
+
+    def test_udp(self) -> None:
+        collector = Collector(self, interface="eth0", udp=True)
+        daemon, client, _ = collector.daemon_connects()
+        [udp] = collector.reactor.udpPorts
+        self.assertEqual(daemon.channels.requests, [("udp", COLLECTOR_HOST, str(udp.port))])
+        daemon.capture([(1, 0, ICMP_PACKET)])
+        daemon.forward_udp(udp.protocol)
+        [session] = collector.service.sessions
+        self.assertEqual(session.packets, 1)
+
+    def test_counts_logged(self) -> None:
+        """Every stats interval the collector logs the packet, drop and loss counts."""
+        collector = Collector(self, interface="eth0", stats_interval=30)
+        daemon, session, receiver, pump = collector.capturing()
+        daemon.capture([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET), (3, 0, UDP_PACKET)])
+        daemon.forward_tcp(receiver)
+        daemon.system.handles[-1].dropped = 4
+        collector.reactor.advance(29)
+        pump.flush()
+        self.assertFalse([line for line in collector.log() if "lost in transit" in line])
+        collector.reactor.advance(1)
+        pump.flush()
+        self.assertIn(
+            "Daemon 192.0.2.20: 3 packets, 4 dropped by its kernel, 0 lost in transit (0 datagrams)",
+            collector.log(),
+        )
+        self.assertEqual(session.drops, 4)
+
+    def test_daemon_vanishes(self) -> None:
+        """
+        A daemon that hangs up ends only its own capture: its file is
+        finished and readable, it is logged, and the other daemons go on.
+        """
+        collector = Collector(self, interface="eth0")
+        first, first_session, first_receiver, first_pump = collector.capturing()
+        second, second_session, second_receiver, _ = collector.capturing(OTHER_HOST)
+        first.capture([(1, 0, ICMP_PACKET)])
+        first.forward_tcp(first_receiver)
+        [server] = first.factory.sessions
+        server.transport.loseConnection()
+        first_pump.flush()
+        self.assertEqual(collector.service.sessions, {second_session})
+        self.assertIn("Daemon 192.0.2.20 gone: 1 packets written to 1 file(s)", collector.log())
+        [first_file] = [n for n in collector.files() if n.startswith("192.0.2.20_")]
+        with open(os.path.join(collector.directory, first_file), "rb") as f:
+            self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET)]))
+        second.capture([(2, 0, UDP_PACKET)])
+        second.forward_tcp(second_receiver)
+        self.assertEqual(second_session.packets, 1)
+        # The ticker of the session that ended is stopped.
+        collector.reactor.advance(60)
+        self.assertFalse(
+            [line for line in collector.log() if line.startswith("Daemon 192.0.2.20: 1 packets")]
+        )
+
+    def test_refused(self) -> None:
+        """
+        A daemon that refuses the capture is logged and let go, and leaves
+        no empty file behind (an active daemon reconnects, again and again).
+        """
+        collector = Collector(self, interface="eth9")
+        daemon, client, pump = collector.daemon_connects()
+        pump.flush()
+        self.assertEqual(collector.service.sessions, set())
+        self.assertEqual(daemon.factory.sessions, set())
+        self.assertTrue(client.disconnected.called)
+        [warning] = [line for line in collector.log() if "capture not started" in line]
+        self.assertIn("eth9", warning)
+        self.assertEqual(collector.files(), [])
+
+    def test_bad_filter(self) -> None:
+        collector = Collector(self, interface="eth0", filter="tcp port eighty")
+        collector.daemon_connects()
+        self.assertEqual(collector.service.sessions, set())
+        [warning] = [line for line in collector.log() if "capture not started" in line]
+        self.assertIn("tcp port eighty", warning)
+        self.assertEqual(collector.files(), [])
+
+    def test_stop_service(self) -> None:
+        """Stopping the collector says goodbye to every daemon and finishes every file."""
+        collector = Collector(self, interface="eth0")
+        daemon, _, receiver, pump = collector.capturing()
+        daemon.capture([(1, 0, ICMP_PACKET)])
+        daemon.forward_tcp(receiver)
+        collector.service.stopService()
+        pump.flush()
+        self.assertEqual(collector.service.sessions, set())
+        self.assertEqual(daemon.factory.sessions, set())
+        self.assertTrue(daemon.system.handles[-1].closed)
+        [name] = collector.files()
+        with open(os.path.join(collector.directory, name), "rb") as f:
+            self.assertEqual(len(read_capture(self, f.read())[1]), 1)
+
+    def test_rotation(self) -> None:
+        """--rotate-seconds starts a new file, named in sequence, when the time is up."""
+        collector = Collector(self, interface="eth0", rotate_seconds=60, stats_interval=10)
+        clock: list[float] = [1_700_000_000.0]
+        self.patch(collector_service.RotatingCaptureFiles, "__init__", _with_clock(clock))
+        daemon, session, receiver, pump = collector.capturing()
+        daemon.capture([(1, 0, ICMP_PACKET)])
+        daemon.forward_tcp(receiver)
+        clock[0] += 60
+        collector.reactor.advance(10)
+        pump.flush()
+        daemon.capture([(2, 0, UDP_PACKET)])
+        daemon.forward_tcp(receiver)
+        collector.service.stopService()
+        first, second = collector.files()
+        self.assertRegex(first, r"^192\.0\.2\.20_eth0_20231114T221320_00001\.pcapng$")
+        self.assertRegex(second, r"^192\.0\.2\.20_eth0_20231114T221420_00002\.pcapng$")
+        contents = []
+        for name in (first, second):
+            with open(os.path.join(collector.directory, name), "rb") as f:
+                contents.append(read_capture(self, f.read())[1])
+        self.assertEqual(contents, [[(1, 0, ICMP_PACKET)], [(2, 0, UDP_PACKET)]])
+
+
+def _with_clock(clock: list[float]) -> Any:
+    """RotatingCaptureFiles.__init__ reading time from C{clock[0]}."""
+    original = collector_service.RotatingCaptureFiles.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["clock"] = lambda: clock[0]
+        original(self, *args, **kwargs)
+
+    return __init__
