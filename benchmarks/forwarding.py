@@ -534,7 +534,7 @@ def profile_summary(path: Path, top: int = 12) -> str:
 # --- one case ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
     daemon: str
     channel: str
@@ -546,6 +546,7 @@ class Case:
 @dataclass
 class Result:
     case: Case
+    repetition: int = 1
     sent: int = 0
     failed: int = 0
     arrived: int = 0
@@ -561,6 +562,7 @@ class Result:
     cpu_us_per_packet: Optional[float] = None
     cpu_pct: float = 0.0
     client_cpu_seconds: float = 0.0
+    machine_busy_pct: float = 0.0  # all CPUs, everything: tcpreplay, daemon, client, kernel, others
     client_stats: dict[str, object] = field(default_factory=dict)
     udp_rcvbuf_errors: int = 0
     profile: Optional[str] = None
@@ -578,6 +580,13 @@ class Profiling:
     py_spy: str
     directory: Path
     native: bool
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (/proc/stat), to spot other load."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) * _TICK
 
 
 def udp_rcvbuf_errors() -> int:
@@ -608,11 +617,14 @@ def run_case(
         time.sleep(SETTLE_SECONDS)
         rx_before, rcvbuf_before = wire_rx_packets(), udp_rcvbuf_errors()
         usage_before = tree_usage(daemon.pid)
+        busy_before, wall_before = machine_busy_seconds(), time.monotonic()
         replayed = replay(pcap, case.rate, loops)
         client.replay_done()
         # The client has drained; the session is still open.
         summary = client.read_line(timeout=30 + 2 * case.packets / case.rate)
         usage_after = tree_usage(daemon.pid)
+        busy = machine_busy_seconds() - busy_before
+        result.machine_busy_pct = 100.0 * busy / (time.monotonic() - wall_before) / (os.cpu_count() or 1)
         result.client_cpu_seconds = usage(client.process.pid).cpu
         result.arrived = wire_rx_packets() - rx_before
         result.udp_rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_before
@@ -659,6 +671,18 @@ TABLE_COLUMNS: tuple[tuple[str, int, Callable[[Result], object]], ...] = (
 )
 
 
+def median_runs(results: list[Result]) -> list[Result]:
+    """Per case, in first-run order, the run with the median CPU µs/pkt (errors sort last)."""
+    runs: dict[Case, list[Result]] = {}
+    for r in results:
+        runs.setdefault(r.case, []).append(r)
+    chosen = []
+    for case_runs in runs.values():
+        ordered = sorted(case_runs, key=lambda r: (r.error is not None, r.cpu_us_per_packet or 0.0))
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
 def format_table(results: list[Result]) -> str:
     """One line per case; a negative width means left-aligned."""
 
@@ -684,7 +708,14 @@ def source_description() -> dict[str, object]:
     return {"commit": commit, "rpcapsvc_uncommitted_changes": bool(dirty.strip())}
 
 
-def machine_description() -> dict[str, object]:
+def tool_version(*cmd: str, line: int = 0) -> str:
+    """One line of what C{cmd} prints about itself (stdout and stderr)."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[line].strip() if len(lines) > line else ""
+
+
+def machine_description(peers: Path) -> dict[str, object]:
     cpu = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -696,21 +727,21 @@ def machine_description() -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
-        "tcpreplay": run("tcpreplay", "-V", check=False).stdout.splitlines()[0:1],
+        "tcpreplay": tool_version("tcpreplay", "-V"),
+        "libpcap_rpcapd": tool_version(str(peers / "bin" / "rpcapd"), "-h", line=1),
     }
 
 
 # --- main ----------------------------------------------------------------------------
 
 
-def cases(args: argparse.Namespace) -> Iterator[Case]:
-    for daemon in args.daemon:
-        for channel in args.channel:
-            for size in args.size:
-                for rate in args.rate:
-                    wanted = max(DISTINCT_PACKETS, int(rate * args.seconds))
-                    packets = -(-wanted // DISTINCT_PACKETS) * DISTINCT_PACKETS
-                    yield Case(daemon, channel, size, rate, packets)
+def cases(args: argparse.Namespace, daemon: str) -> Iterator[Case]:
+    for channel in args.channel:
+        for size in args.size:
+            for rate in args.rate:
+                wanted = max(DISTINCT_PACKETS, int(rate * args.seconds))
+                packets = -(-wanted // DISTINCT_PACKETS) * DISTINCT_PACKETS
+                yield Case(daemon, channel, size, rate, packets)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -724,6 +755,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=2.0, help="replay time per case (default 2)")
     parser.add_argument(
         "--channel", choices=CHANNELS, action="append", help="data channel (repeatable; both)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run everything N times; the table shows each case's median run"
     )
     parser.add_argument("--daemon", choices=DAEMONS, action="append", help="daemon (repeatable; both)")
     parser.add_argument("--peers", type=Path, default=REPO / ".peers", help="reference peers prefix (.peers)")
@@ -812,22 +846,30 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             create_wire()
             log(f"wire up: {NETNS}/{NS_IFACE} -> {WIRE_IFACE}")
-            for name in args.daemon:
-                daemon: Daemon
-                if name == "libpcap":
-                    daemon = LibpcapRpcapd(free_tcp_port(), workdir, args.peers)
-                else:
-                    daemon = Rpcapsvc(free_tcp_port(), workdir)
-                profile = profiling if name == "rpcapsvc" else None
-                my_cases = [c for c in cases(args) if c.daemon == name]
-                results += run_daemon(daemon, my_cases, client_binary, pcaps, profile)
+            # Repetitions go round both daemons, each freshly started, so slow
+            # drift on the machine weighs on both alike.
+            for repetition in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    log(f"repetition {repetition} of {args.repeat}")
+                for name in args.daemon:
+                    daemon: Daemon
+                    if name == "libpcap":
+                        daemon = LibpcapRpcapd(free_tcp_port(), workdir, args.peers)
+                    else:
+                        daemon = Rpcapsvc(free_tcp_port(), workdir)
+                    profile = profiling if name == "rpcapsvc" else None
+                    for result in run_daemon(daemon, list(cases(args, name)), client_binary, pcaps, profile):
+                        result.repetition = repetition
+                        results.append(result)
         except KeyboardInterrupt:
             log("interrupted")
             interrupted = True
         finally:
             remove_wire()
 
-    print(format_table(results))
+    if args.repeat > 1:
+        print(f"Each line: the median of {args.repeat} runs by CPU µs/pkt (all runs are in the JSON).")
+    print(format_table(median_runs(results)))
     for result in results:
         if result.profile and Path(result.profile).exists():
             print()
@@ -836,10 +878,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = {
         "started": started,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_description(),
+        "machine": machine_description(args.peers),
         "source": source_description(),
         "settings": {
             "seconds": args.seconds,
+            "repeat": args.repeat,
             "filter": CAPTURE_FILTER,
             "client_timeout_ms": CLIENT_TIMEOUT_MS,
             "client_idle_ms": CLIENT_IDLE_MS,
