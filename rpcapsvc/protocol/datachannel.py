@@ -90,6 +90,24 @@ def encode_packet_messages(batch: PacketBatch, snaplen: int, first_npkt: int) ->
     return out
 
 
+def encode_packet_stream(batch: PacketBatch, snaplen: int, first_npkt: int) -> bytes:
+    """
+    The whole batch as one run of type-7 messages, for a TCP data channel:
+    each packet's bytes are copied once, straight into the result.
+    """
+    head = _PACKET_MESSAGE_HEAD.pack
+    view = memoryview(batch.data)
+    parts: list[bytes | memoryview] = []
+    append = parts.append
+    npkt = first_npkt & _U32
+    for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
+        caplen = length if length <= snaplen else snaplen
+        append(head(PROTOCOL_VERSION, MessageType.PACKET, 0, PKTHDR_SIZE + caplen, sec, usec, caplen, length, npkt))
+        append(view[off : off + caplen])
+        npkt = (npkt + 1) & _U32
+    return b"".join(parts)
+
+
 def encode_packet_records(batch: PacketBatch, snaplen: int, first_npkt: int) -> bytes:
     """
     The udpstr stream form: C{rpcap_pkthdr} + bytes per packet, no RPCAP

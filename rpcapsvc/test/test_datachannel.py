@@ -18,6 +18,7 @@ from rpcapsvc.protocol.datachannel import (
     decode_packet_payload,
     encode_packet_messages,
     encode_packet_records,
+    encode_packet_stream,
     iter_packet_messages,
 )
 from rpcapsvc.protocol.wire import MalformedMessage
@@ -175,6 +176,15 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(
             list(iter_packet_messages(b"".join(messages))),
             expected_packets(packets, snaplen, first_npkt),
+        )
+
+    @given(packet_lists, st.integers(0, 300), st.integers(1, 2**32 - 1))
+    def test_stream_is_the_messages_joined(self, packets, snaplen: int, first_npkt: int) -> None:
+        """The TCP fast path writes exactly the per-packet messages, back to back."""
+        batch = PacketBatch.from_packets(packets)
+        self.assertEqual(
+            encode_packet_stream(batch, snaplen, first_npkt),
+            b"".join(encode_packet_messages(batch, snaplen, first_npkt)),
         )
 
     @given(packet_lists, st.integers(0, 300), st.integers(1, 2**31))
