@@ -173,6 +173,10 @@ def _memory_checker(argstring: str) -> checkers.InMemoryUsernamePasswordDatabase
 def makeService(options: Options) -> RpcapdService:
     from twisted.internet import reactor
 
+    from .capture.system import keep_batch_buffers_in_heap
+
+    keep_batch_buffers_in_heap()
+
     reactor_: Any = reactor
     interface: Optional[str] = options["interface"]
     policy = SessionPolicy(

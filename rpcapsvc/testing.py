@@ -24,10 +24,11 @@ from .capture.system import (
     ICaptureHandle,
     ICaptureSystem,
 )
+from .connections import TlsSettings
 from .protocol import bpf
 from .protocol.datachannel import PacketBatch
 from .protocol.wire import BpfProgram, InterfaceInfo
-from .server.datachannel import IDataChannels, IPacketSink, TlsSettings
+from .server.datachannel import IDataChannels, IPacketSink
 
 DLT_EN10MB = 1
 

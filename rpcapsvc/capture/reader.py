@@ -78,7 +78,16 @@ class CaptureReader:
 
     def connectionLost(self, reason: Failure) -> None:
         if not self._stopped:
-            self._fail(f"capture descriptor lost: {reason.getErrorMessage()}")
+            # The reactor saw an error on the descriptor (epoll reports only
+            # EPOLLERR when an interface goes away): libpcap can say which.
+            why = f"capture descriptor lost: {reason.getErrorMessage()}"
+            try:
+                self._handle.read_batch(1)
+            except CaptureError as e:
+                why = str(e)
+            except Exception:
+                pass
+            self._fail(why)
 
     def _fail(self, why: str) -> None:
         self.stopProducing()

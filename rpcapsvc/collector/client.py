@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..capture.compiler import compile_filter
+from ..connections import SingleProtocolFactory, tls_settings_of
 from ..protocol import bpf
 from ..protocol.datachannel import PKTHDR_SIZE, CapturedPacket, decode_packet_payload
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
@@ -383,8 +384,9 @@ async def start_capture(
         return RemoteCapture(client, settings, opened.linktype, dgram, port)
 
     tcp = TcpPacketReceiver(deliver)
+    tls = tls_settings_of(client.transport)  # the data connection does TLS as the control one does
     if active:
-        factory = _OneShotFactory(tcp, client.peer_host)
+        factory = SingleProtocolFactory(tcp, tls, allowed_host=client.peer_host)
         port = reactor.listenTCP(0, factory, backlog=1, interface=local)
         request = StartCaptureRequest(
             settings.snaplen,
@@ -402,25 +404,12 @@ async def start_capture(
 
     request = StartCaptureRequest(settings.snaplen, settings.read_timeout_ms, flags, 0, program)
     reply = await client.start_capture(request)
-    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+    from twisted.internet.endpoints import HostnameEndpoint
 
     endpoint = HostnameEndpoint(reactor, client.peer_host, reply.portdata, timeout=connect_timeout)
-    await connectProtocol(endpoint, tcp)
+    await endpoint.connect(SingleProtocolFactory(tcp, tls))
+    await _with_timeout(reactor, tcp.connected_deferred, connect_timeout)
     return RemoteCapture(client, settings, opened.linktype, tcp)
-
-
-class _OneShotFactory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, receiver: TcpPacketReceiver, allowed_host: str) -> None:
-        self.receiver: Optional[TcpPacketReceiver] = receiver
-        self.allowed_host = allowed_host
-
-    def buildProtocol(self, addr: Any) -> Optional[protocol.Protocol]:
-        if self.receiver is None or getattr(addr, "host", None) != self.allowed_host:
-            return None
-        receiver, self.receiver = self.receiver, None
-        return receiver
 
 
 def _with_timeout(reactor: Any, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:

@@ -102,7 +102,11 @@ def encode_packet_stream(batch: PacketBatch, snaplen: int, first_npkt: int) -> b
     npkt = first_npkt & _U32
     for sec, usec, off, length in BATCH_RECORD.iter_unpack(batch.records):
         caplen = length if length <= snaplen else snaplen
-        append(head(PROTOCOL_VERSION, MessageType.PACKET, 0, PKTHDR_SIZE + caplen, sec, usec, caplen, length, npkt))
+        append(
+            head(
+                PROTOCOL_VERSION, MessageType.PACKET, 0, PKTHDR_SIZE + caplen, sec, usec, caplen, length, npkt
+            )
+        )
         append(view[off : off + caplen])
         npkt = (npkt + 1) & _U32
     return b"".join(parts)

@@ -10,15 +10,16 @@ import ipaddress
 from typing import Any, Optional
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..capture.system import ICaptureSystem
+from ..connections import TlsSettings, tls_settings_of
 from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
-from .datachannel import DataChannels, IDataChannels, TlsSettings, tls_settings_of
+from .datachannel import DataChannels, IDataChannels
 from .session import IControlChannel, ServerSession, SessionPolicy, client_allowed
 
 
@@ -26,9 +27,13 @@ def _host(address: Optional[IAddress]) -> str:
     return str(getattr(address, "host", "") or "")
 
 
-@implementer(IControlChannel)
+@implementer(IControlChannel, IPushProducer)
 class RpcapServerProtocol(protocol.Protocol):
-    """One RPCAP control connection, server side."""
+    """
+    One RPCAP control connection, server side.  It is the producer of its
+    own replies: when the client stops reading them, the transport pauses
+    it, and the session handles no more requests until the client catches up.
+    """
 
     log = Logger()
     session: Optional[ServerSession] = None
@@ -69,6 +74,7 @@ class RpcapServerProtocol(protocol.Protocol):
             self.close()
             return
         self.factory.sessions.add(self)
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.log.info(
             "Control connection {direction} {peer}",
             direction="to collector" if self.active else "from",
@@ -100,6 +106,18 @@ class RpcapServerProtocol(protocol.Protocol):
         self.factory.sessions.discard(self)
         if self.session is not None:
             self.session.close(f"connection lost: {reason.getErrorMessage()}")
+
+    # IPushProducer: the transport's write buffer is full, or empty again.
+    def pauseProducing(self) -> None:
+        if self.session is not None:
+            self.session.replies_backed_up(True)
+
+    def resumeProducing(self) -> None:
+        if self.session is not None:
+            self.session.replies_backed_up(False)
+
+    def stopProducing(self) -> None:
+        """The connection is going; connectionLost ends the session."""
 
     # IControlChannel
     def send_message(self, message: Message) -> None:

@@ -13,23 +13,20 @@ import errno
 import socket
 from typing import Any, Callable, Optional
 
-import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IListeningPort,
     IPushProducer,
     IReactorTime,
-    ISSLTransport,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from ..protocol.datachannel import PacketBatch, encode_packet_messages
+from ..connections import SingleProtocolFactory, TlsSettings
+from ..protocol.datachannel import PacketBatch, encode_packet_messages, encode_packet_stream
 from ..protocol.udpstr import UdpStrFramer
 
 
@@ -50,25 +47,6 @@ class IPacketSink(Interface):
 
     def set_lost_callback(callback: Callable[[str], None]) -> None:
         """Call C{callback} with a reason when the peer closes the channel."""
-
-
-@attrs.frozen
-class TlsSettings:
-    """
-    How a session's control connection does TLS, so that its TCP data
-    connection does the same: the control connection's TLS factory, which
-    holds the certificate, the trust roots and our role (client or server).
-    """
-
-    factory: TLSMemoryBIOFactory
-
-
-def tls_settings_of(transport: object) -> Optional[TlsSettings]:
-    """The TLS settings of a control connection; C{None} when it is plaintext."""
-    factory = getattr(transport, "factory", None)
-    if ISSLTransport.providedBy(transport) and isinstance(factory, TLSMemoryBIOFactory):
-        return TlsSettings(factory)
-    return None
 
 
 class IDataChannels(Interface):
@@ -133,9 +111,8 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
         """The client never sends on the data channel; ignore it."""
 
     def write_batch(self, batch: PacketBatch) -> None:
-        messages = encode_packet_messages(batch, self.snaplen, self.sent + 1)
-        self.transport.write(b"".join(messages))  # type: ignore[union-attr]
-        self.sent += len(messages)
+        self.transport.write(encode_packet_stream(batch, self.snaplen, self.sent + 1))  # type: ignore[union-attr]
+        self.sent += len(batch)
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
@@ -252,42 +229,6 @@ class UdpStrPacketSink(UdpPacketSink):
         super().close()
 
 
-class _OneConnectionFactory(protocol.Factory):
-    """Accepts the first connection from the allowed host, refuses all others."""
-
-    noisy = False
-
-    def __init__(self, allowed_host: str, sink: TcpPacketSink, tls: Optional[TlsSettings] = None) -> None:
-        self.allowed_host = allowed_host
-        self.sink: Optional[TcpPacketSink] = sink
-        self.tls = tls
-
-    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[protocol.Protocol]:
-        if self.sink is None or getattr(addr, "host", None) != self.allowed_host:
-            return None
-        sink, self.sink = self.sink, None
-        if self.tls is None:
-            return sink
-        return _tls_factory(self.tls, sink).buildProtocol(addr)
-
-
-class _TlsWrapped(protocol.Factory):
-    """Wraps one sink in TLS exactly as the session's control connection is wrapped."""
-
-    noisy = False
-
-    def __init__(self, tls: TlsSettings, sink: TcpPacketSink) -> None:
-        self.tls = tls
-        self.sink = sink
-
-    def buildProtocol(self, addr: Optional[IAddress]) -> TLSMemoryBIOProtocol:
-        return TLSMemoryBIOProtocol(self.tls.factory, self.sink)
-
-
-def _tls_factory(tls: TlsSettings, sink: TcpPacketSink) -> _TlsWrapped:
-    return _TlsWrapped(tls, sink)
-
-
 @implementer(IDataChannels)
 class DataChannels:
     """Opens data channels with a reactor."""
@@ -317,7 +258,7 @@ class DataChannels:
         """
         sink = TcpPacketSink(snaplen)
         port: IListeningPort = self._reactor.listenTCP(  # type: ignore[attr-defined]
-            0, _OneConnectionFactory(allowed_host, sink, tls), backlog=1, interface=interface
+            0, SingleProtocolFactory(sink, tls, allowed_host), backlog=1, interface=interface
         )
 
         def cancel(d: defer.Deferred[IPacketSink]) -> None:
@@ -355,7 +296,7 @@ class DataChannels:
 
         sink = TcpPacketSink(snaplen)
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.accept_timeout)
-        factory: Any = protocol.Factory.forProtocol(lambda: sink) if tls is None else _tls_factory(tls, sink)
+        factory = SingleProtocolFactory(sink, tls)
         d: defer.Deferred[Any] = endpoint.connect(factory)
         d.addCallback(lambda _: sink.connected_deferred)
         return d
@@ -370,6 +311,11 @@ class DataChannels:
             sink = UdpPacketSink(snaplen)
         interface = "::" if ":" in host else ""
         udp_port = self._reactor.listenUDP(0, sink, interface=interface)  # type: ignore[attr-defined]
+        # Nothing is read from a data channel.  A port left reading that gets
+        # an ICMP "port unreachable" is reported by epoll as an error and
+        # closed by the reactor; not reading, the error comes back from the
+        # next send as ECONNREFUSED, and that datagram is counted lost.
+        udp_port.stopReading()
         if self.udp_sndbuf:
             set_send_buffer(udp_port.socket, self.udp_sndbuf)
         udp_port.connect(host, port)

@@ -130,6 +130,10 @@ class SessionPolicy:
     max_message_size: int = DEFAULT_MAX_PAYLOAD
 
 
+REQUESTS_PER_TURN = 32
+"""Requests handled back to back before other sessions get a turn of the reactor."""
+_SLOW_REQUESTS = {MessageType.OPEN_REQ, MessageType.STARTCAP_REQ, MessageType.ENDCAP_REQ}
+
 # A request payload that cannot be decoded is answered with its operation's code.
 _MALFORMED_CODES = {
     MessageType.AUTH_REQ: ErrorCode.AUTH,
@@ -218,6 +222,9 @@ class ServerSession:
         self._last_stats = StatsReply(0, 0, 0, 0)
         self._queue: deque[Received] = deque()
         self._busy = False
+        self._draining = False
+        self._replies_backed_up = False
+        self._yield_call: Optional[IDelayedCall] = None
         self._auth_timer: Optional[IDelayedCall] = self.reactor.callLater(
             policy.auth_timeout, self._auth_timed_out
         )
@@ -228,26 +235,68 @@ class ServerSession:
         self._queue.extend(messages)
         self._drain()
 
+    def replies_backed_up(self, backed_up: bool) -> None:
+        """
+        The client is not reading its replies (the control connection's
+        write buffer is full), or has caught up: handle no more requests
+        until it has, so that replies cannot pile up in memory.
+        """
+        self._replies_backed_up = backed_up
+        if backed_up:
+            self._set_reading()
+        else:
+            self._drain()
+
     def _drain(self) -> None:
-        while self._queue and not self._busy and self.state is not SessionState.CLOSED:
-            result = self._dispatch(self._queue.popleft())
-            if isinstance(result, defer.Deferred):
-                self._busy = True
-                self.channel.pause_reading()
-                result.addErrback(self._internal_error)
-                result.addBoth(self._request_done)
+        if self._draining:
+            return  # a request finished inside the loop below, which goes on
+        self._draining = True
+        handled = 0
+        try:
+            while self._queue and not self._busy and self.state is not SessionState.CLOSED:
+                if self._replies_backed_up:
+                    break  # replies_backed_up(False) goes on
+                if handled >= REQUESTS_PER_TURN:
+                    # Let other sessions have the reactor before going on.
+                    if self._yield_call is None:
+                        self._yield_call = self.reactor.callLater(0, self._after_yield)
+                    break
+                request = self._queue.popleft()
+                result = self._dispatch(request)
+                # Opening or closing a capture blocks for tens of milliseconds: two are a turn's worth.
+                handled += REQUESTS_PER_TURN // 2 if request.header.type in _SLOW_REQUESTS else 1
+                if isinstance(result, defer.Deferred):
+                    self._busy = True
+                    result.addErrback(self._internal_error)
+                    result.addBoth(self._request_done)
+        finally:
+            self._draining = False
+        self._set_reading()
+
+    def _after_yield(self) -> None:
+        self._yield_call = None
+        self._drain()
+
+    def _set_reading(self) -> None:
+        """Read the control connection only when nothing is waiting to be handled."""
+        if self.state is SessionState.CLOSED:
+            return
+        if self._busy or self._replies_backed_up or self._queue:
+            self.channel.pause_reading()
+        else:
+            self.channel.resume_reading()
 
     def _request_done(self, _: object) -> None:
         self._busy = False
-        if self.state is not SessionState.CLOSED:
-            self.channel.resume_reading()
-            self._drain()
+        self._drain()
 
     def _internal_error(self, failure: Failure) -> None:
         self.log.failure("Request failed in session with {peer}", failure, peer=self.channel.peer_host)
         self._error(ErrorCode.NETWORK, "internal server error")
 
     def _error(self, code: int, text: str) -> None:
+        # A text may quote the client (an interface name that is not UTF-8).
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         self.log.info("Error {code} to {peer}: {text}", code=code, peer=self.channel.peer_host, text=text)
         self.channel.send_message(ErrorReply(code, text))
 
@@ -441,6 +490,13 @@ class ServerSession:
         if StartCapFlags.DGRAM in flags and self.channel.tls is not None:
             self._error(ErrorCode.STARTCAPTURE, "UDP data channels cannot be encrypted: use TCP with TLS")
             return None
+        daemon_connects = (
+            StartCapFlags.DGRAM in flags or StartCapFlags.SERVEROPEN in flags or self.channel.active
+        )
+        if daemon_connects and not msg.portdata:
+            # Port 0 is nowhere: a UDP socket "connected" there is closed by the reactor at once.
+            self._error(ErrorCode.STARTCAPTURE, "no data port given for the daemon to send to")
+            return None
         try:
             handle = self.capture_system.open(self.device, options)
         except CaptureError as e:
@@ -453,7 +509,7 @@ class ServerSession:
                 port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
                 try:
                     self._place_filter(capture, f"udp and port {port} and port {msg.portdata}")
-                except CaptureError as e:
+                except Exception as e:  # whatever it was, the socket must not leak
                     sink.close()
                     raise _FilterRefused(str(e)) from e
                 self._begin(capture, options)
@@ -481,7 +537,8 @@ class ServerSession:
             port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen, self.channel.tls)
             try:
                 self._place_filter(capture, f"tcp and port {port}")
-            except CaptureError as e:
+            except Exception as e:  # whatever it was, stop listening
+                d.addErrback(lambda f: f.trap(defer.CancelledError))
                 d.cancel()
                 raise _FilterRefused(str(e)) from e
         except (CaptureError, _FilterRefused) as e:
@@ -652,6 +709,9 @@ class ServerSession:
             return
         self._end_capture()
         self._cancel_auth_timer()
+        if self._yield_call is not None and self._yield_call.active():
+            self._yield_call.cancel()
+        self._yield_call = None
         self.state = SessionState.CLOSED
         self._queue.clear()
         self.log.info("Session with {peer} closed: {why}", peer=self.channel.peer_host, why=why)

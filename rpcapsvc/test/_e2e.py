@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -291,3 +292,169 @@ def active_peer(port: int, *args: str, host: str = "127.0.0.1", timeout_s: int =
         *args,
         timeout=timeout_s + 30.0,
     )
+
+
+# --- for the security tests: raw control connections, sniffing, wrapped daemons -----
+
+
+def rpcap_message(msg_type: int, payload: bytes = b"", value: int = 0, version: int = 0) -> bytes:
+    """One control message, header and payload, built by hand."""
+    return struct.pack("!BBHI", version, msg_type, value, len(payload)) + payload
+
+
+NULL_AUTH = rpcap_message(8, bytes(8))
+FINDALLDEVS = rpcap_message(2)
+CLOSE = rpcap_message(6)
+
+
+class RawRpcapClient:
+    """
+    A control connection made by hand, plain or TLS (C{tls} is an
+    C{ssl.SSLContext}), for what libpcap's client will not do or will not show:
+    the raw replies.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", tls: Any = None, timeout: float = 5.0) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, size: int) -> None:
+        while len(self._buffer) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the daemon closed the connection")
+            self._buffer += chunk
+
+    def read_message(self) -> tuple[int, int, bytes]:
+        """The next message: C{(type, value, payload)}; C{EOFError} when the daemon hung up."""
+        self._fill(8)
+        _, mtype, value, plen = struct.unpack_from("!BBHI", self._buffer)
+        self._fill(8 + plen)
+        payload = self._buffer[8 : 8 + plen]
+        self._buffer = self._buffer[8 + plen :]
+        return mtype, value, payload
+
+    def request(self, data: bytes) -> tuple[int, int, bytes]:
+        self.send(data)
+        return self.read_message()
+
+    def read_until_closed(self, timeout: float) -> tuple[list[tuple[int, int, bytes]], bool]:
+        """Every message until the daemon hangs up or C{timeout} passes; and whether it hung up."""
+        self.sock.settimeout(timeout)
+        messages = []
+        try:
+            while True:
+                messages.append(self.read_message())
+        except EOFError:
+            return messages, True
+        except socket.timeout:
+            return messages, False
+        except OSError:  # reset, or a TLS connection cut short
+            return messages, True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Sniffer:
+    """
+    Frames matching a pcap expression on an interface, collected by a thread
+    of this process (it needs the right to capture) until L{stop}.
+    """
+
+    def __init__(self, interface: str, expression: str) -> None:
+        import pcapy
+
+        self.frames: list[bytes] = []
+        self._reader = pcapy.open_live(interface, 65535, 0, 10)
+        self._reader.setfilter(expression)
+        self._reader.setnonblock(1)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        record = struct.Struct("=IIII")
+        while not self._stopping:
+            data, records = self._reader.next_batch(256)
+            if not records:
+                time.sleep(0.005)
+                continue
+            for _, _, offset, length in record.iter_unpack(records):
+                self.frames.append(bytes(data[offset : offset + length]))
+
+    def stop(self) -> list[bytes]:
+        if not self._stopping:
+            self._stopping = True
+            self._thread.join(5)
+            self._reader.close()
+        return list(self.frames)
+
+
+def transport_fields(frame: bytes) -> Optional[tuple[int, int, int, bytes]]:
+    """C{(protocol, source port, destination port, payload)} of an Ethernet/IPv4 TCP or UDP frame."""
+    if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    proto = frame[23]
+    l4 = frame[14 + ihl :]
+    if proto == 17 and len(l4) >= 8:
+        sport, dport = struct.unpack_from("!HH", l4)
+        return proto, sport, dport, l4[8:]
+    if proto == 6 and len(l4) >= 20:
+        sport, dport = struct.unpack_from("!HH", l4)
+        return proto, sport, dport, l4[(l4[12] >> 4) * 4 :]
+    return None
+
+
+def local_ports(pid: int, kind: str) -> set[int]:
+    """The local ports of a process's C{kind} ("tcp", "udp") sockets."""
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind=kind) if c.laddr}
+
+
+class WrappedDaemon(Daemon):
+    """
+    ``twistd -n rpcapd ARGS`` started through a wrapper command (such as
+    ``setpriv --reuid=...``), with a chosen interpreter, this repository and
+    C{extra_path} on C{PYTHONPATH}, and a working directory anyone may write
+    its log to.
+    """
+
+    def __init__(
+        self,
+        wrapper: Sequence[str],
+        *args: str,
+        interpreter: str = sys.executable,
+        extra_path: Sequence[str] = (),
+        plugin: str = "rpcapd",
+        wait_port: Optional[int] = None,
+    ) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="rpcapd-e2e-")
+        os.chmod(self.workdir, 0o777)
+        self.log_path = os.path.join(self.workdir, "twistd.log")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *extra_path])
+        cmd = [
+            *wrapper,
+            interpreter,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            self.log_path,
+            plugin,
+            *args,
+        ]
+        self.args = cmd
+        self.process = subprocess.Popen(
+            cmd, cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if wait_port is not None:
+            self.wait_for_port(wait_port)
