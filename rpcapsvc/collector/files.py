@@ -412,6 +412,18 @@ class CaptureFileWriter:
             raise ValueError("the capture file is closed")
 
 
+@attrs.define
+class FileHistory:
+    """
+    The files of one series (one daemon and interface), shared by the
+    successive L{RotatingCaptureFiles} that write it, so that C{max_files}
+    holds across reconnections; files still open are never deleted.
+    """
+
+    paths: list[str] = attrs.field(factory=list)
+    open: set[str] = attrs.field(factory=set)
+
+
 class RotatingCaptureFiles:
     """
     Capture files in C{directory} named C{<prefix>_<YYYYmmddTHHMMSS>_<n>.<format>},
@@ -438,6 +450,7 @@ class RotatingCaptureFiles:
         max_seconds: Optional[float] = None,
         clock: Callable[[], float] = time.time,
         max_files: Optional[int] = None,
+        history: Optional[FileHistory] = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown capture file format {format!r}: choose from {', '.join(FORMATS)}")
@@ -452,15 +465,17 @@ class RotatingCaptureFiles:
         self._max_files = max_files
         self._interfaces: list[InterfaceInfo] = []
         self._stats: dict[int, InterfaceStats] = {}
-        self._files: list[str] = []
+        self._history = history if history is not None else FileHistory()
+        self._mine: list[str] = []
         self._sequence = 0
         self._closed = False
         self._writer, self._opened_at = self._open_next()
 
     @property
     def files(self) -> list[str]:
-        """The paths written and still kept, oldest first; the last is the current file."""
-        return list(self._files)
+        """The paths this writer wrote and are still kept, oldest first; the last is the current file."""
+        kept = set(self._history.paths)
+        return [p for p in self._mine if p in kept]
 
     @property
     def current(self) -> CaptureFileWriter:
@@ -507,6 +522,8 @@ class RotatingCaptureFiles:
             return
         self._closed = True
         self._writer.close()
+        self._history.open.discard(self._mine[-1])
+        self._prune()
 
     def _due(self) -> bool:
         writer = self._writer
@@ -517,9 +534,10 @@ class RotatingCaptureFiles:
     def _rotate(self) -> None:
         old = self._writer
         old.close()
+        self._history.open.discard(self._mine[-1])
         log.info(
             "Capture file {path} done: {packets} packets, {size} bytes",
-            path=self._files[-1],
+            path=self._mine[-1],
             packets=old.packets_written,
             size=old.bytes_written,
         )
@@ -547,14 +565,21 @@ class RotatingCaptureFiles:
             except FileExistsError:
                 continue
             break
-        self._files.append(path)
+        self._mine.append(path)
+        self._history.paths.append(path)
+        self._history.open.add(path)
         return CaptureFileWriter(stream, self._format, clock=self._clock), now
 
     def _prune(self) -> None:
         if self._max_files is None:
             return
-        while len(self._files) > self._max_files:
-            oldest = self._files.pop(0)
+        history = self._history
+        while len(history.paths) > self._max_files:
+            closed = [p for p in history.paths if p not in history.open]
+            if not closed:
+                return
+            oldest = closed[0]
+            history.paths.remove(oldest)
             try:
                 os.remove(oldest)
             except FileNotFoundError:

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from ..protocol.datachannel import CapturedPacket
 from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapClientProtocol, start_capture
-from .files import RotatingCaptureFiles
+from .files import FileHistory, RotatingCaptureFiles
 
 DEFAULT_LISTEN = "tcp:2003"
 
@@ -96,13 +96,15 @@ class DaemonSession:
             )
             # Only now: a daemon that is refused (and retries) leaves no empty files.
             # No packet can arrive before the reactor runs again.
+            prefix = f"{_safe(self.host)}_{_safe(wanted)}"
             self.files = RotatingCaptureFiles(
                 settings.directory,
-                f"{_safe(self.host)}_{_safe(wanted)}",
+                prefix,
                 format=settings.format,
                 max_bytes=settings.rotate_bytes,
                 max_seconds=settings.rotate_seconds,
                 max_files=settings.max_files,
+                history=self.collector.history(prefix),
             )
             self.interface_id = self.files.add_interface(
                 wanted, self.capture.linktype, settings.snaplen, f"rpcap://{self.host}/{wanted}"
@@ -182,12 +184,17 @@ class CollectorService(MultiService):
         self.reactor = reactor
         self.settings = settings
         self.sessions: set[DaemonSession] = set()
+        self._histories: dict[str, FileHistory] = {}
         os.makedirs(settings.directory, exist_ok=True)
         factory = RpcapClientFactory(self._daemon_connected)
         for description in listen:
             listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
+
+    def history(self, prefix: str) -> FileHistory:
+        """The file series of one daemon and interface, kept across its reconnections."""
+        return self._histories.setdefault(prefix, FileHistory())
 
     def _daemon_connected(self, client: RpcapClientProtocol) -> None:
         session = DaemonSession(self, client)

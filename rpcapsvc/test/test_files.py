@@ -23,6 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from rpcapsvc.collector.files import (
     USER_APPLICATION,
     CaptureFileWriter,
+    FileHistory,
     RotatingCaptureFiles,
 )
 from rpcapsvc.protocol.datachannel import CapturedPacket
@@ -632,6 +633,34 @@ class RotatingCaptureFilesTests(TempDirMixin, SynchronousTestCase):
         self.assertEqual(files.files, written[-3:])
         self.assertEqual(sorted(os.listdir(self.directory)), [os.path.basename(p) for p in files.files])
         self.assert_standalone_files(files.files, packets[5:], [("eth0", ETH0_URL)])
+
+    def test_max_files_holds_across_reconnections(self) -> None:
+        """
+        Successive series of one daemon and interface share a history: the
+        limit counts them all, and a file still being written is never deleted.
+        """
+        history = FileHistory()
+        first = self.rotating(max_seconds=10, max_files=2, history=history)
+        first.add_interface("eth0", DLT_EN10MB, 96)
+        for _ in range(3):
+            first.write_packets(0, make_packets(1))
+            self.clock.advance(10)
+            first.tick()
+        first_open = first.files[-1]
+        second = self.rotating(max_seconds=10, max_files=2, history=history)
+        second.add_interface("eth0", DLT_EN10MB, 96)
+        second.write_packets(0, make_packets(1))
+        self.clock.advance(10)
+        second.tick()
+        # Both open files are kept even though the limit is 2 and three files exist.
+        self.assertIn(first_open, history.paths)
+        self.assertTrue(os.path.exists(first_open))
+        first.close()
+        second.close()
+        self.assertEqual(len(history.paths), 2)
+        self.assertEqual(
+            sorted(os.listdir(self.directory)), sorted(os.path.basename(p) for p in history.paths)
+        )
 
     def test_pcap_files_each_have_a_header(self) -> None:
         require(NO_TSHARK)
