@@ -31,7 +31,13 @@ class Options(usage.Options):
         ["format", None, "pcapng", "pcapng or pcap."],
         ["rotate-size", None, None, "Start a new file after this many megabytes.", float],
         ["rotate-seconds", None, None, "Start a new file after this many seconds.", float],
-        ["max-files", None, None, "Keep only the newest N files per daemon and interface (across reconnections).", int],
+        [
+            "max-files",
+            None,
+            None,
+            "Keep only the newest N files per daemon and interface (across reconnections).",
+            int,
+        ],
         [
             "user",
             None,

@@ -7,8 +7,11 @@ capture is not permitted.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
+import subprocess
 import time
 
 import pcapy
@@ -288,3 +291,55 @@ class BadInputTests(PassiveDaemonMixin, SynchronousTestCase):
         reply = self._exchange(self.NULL_AUTH + open_lo + startcap)
         self.assertEqual(self._errors(reply), [12])
         self._still_serving()
+
+
+class DissectorTests(PassiveDaemonMixin, SynchronousTestCase):
+    """Wireshark's own RPCAP dissector reads the daemon's side of a session as well-formed."""
+
+    skip = SKIP or (
+        None if shutil.which("tshark") and shutil.which("tcpdump") else "tshark and tcpdump are needed"
+    )
+
+    def test_tshark_decodes_every_message(self) -> None:
+        pcap = os.path.join(self.daemon.workdir, "control.pcap")
+        sniffer = subprocess.Popen(
+            ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", pcap, f"tcp port {self.port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(lambda: sniffer.poll() is None and sniffer.kill())
+        time.sleep(1)  # tcpdump is listening
+        peer("findalldevs", self.url)
+        cap = self.capture("--filter", f"udp dst port {self.traffic.port}", "--stats", "--max-seconds", "2")
+        warm_up(cap, self.traffic)
+        lines = cap.wait(20)
+        self.assertTrue(any("stats" in line for line in lines), lines[-3:])
+        time.sleep(0.5)
+        sniffer.terminate()
+        sniffer.wait(10)
+
+        def tshark(display_filter: str) -> list[str]:
+            out = subprocess.run(
+                [
+                    "tshark",
+                    "-r",
+                    pcap,
+                    "--enable-heuristic",
+                    "rpcap_tcp",
+                    "-Y",
+                    display_filter,
+                    "-T",
+                    "fields",
+                    "-e",
+                    "rpcap.type",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return [line for line in out.stdout.splitlines() if line.strip()]
+
+        types = {int(t, 0) for line in tshark("rpcap") for t in line.split(",")}
+        # auth, findalldevs, open, startcap and stats requests and their replies, and close
+        self.assertTrue({0x08, 0x88, 0x02, 0x82, 0x03, 0x83, 0x04, 0x84, 0x09, 0x89, 0x06} <= types, types)
+        self.assertEqual(tshark("_ws.malformed || (rpcap && _ws.expert.severity >= warning)"), [])
