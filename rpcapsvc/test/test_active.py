@@ -37,14 +37,7 @@ from rpcapsvc.server.active import (
     retry_policy,
 )
 
-
-@implementer(IHostResolution)
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
+from ._fixtures import Resolution
 
 
 @implementer(IHostnameResolver)
@@ -63,7 +56,7 @@ class RecordingResolver:
         transportSemantics: str = "TCP",
     ) -> IHostResolution:
         self.asked.append((hostName, portNumber))
-        resolution = _Resolution(hostName)
+        resolution = Resolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         if ":" in hostName:
             resolutionReceiver.addressResolved(IPv6Address("TCP", hostName, portNumber))

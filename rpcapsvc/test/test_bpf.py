@@ -11,6 +11,7 @@ need no tcpdump.
 from __future__ import annotations
 
 from ipaddress import ip_address
+from typing import Any
 
 import attrs
 from hypothesis import given
@@ -33,7 +34,8 @@ from rpcapsvc.protocol.bpf import (
 )
 from rpcapsvc.protocol.wire import BpfInstruction, BpfProgram
 
-from .test_wire import h
+from . import _fixtures as fixtures
+from ._fixtures import ICMP_FILTER, h, tcp, udp
 
 
 def prog(insns: list[tuple[int, int, int, int]]) -> BpfProgram:
@@ -49,9 +51,7 @@ def prog(insns: list[tuple[int, int, int, int]]) -> BpfProgram:
 # --- programs compiled by tcpdump for DLT_EN10MB ------------------------------
 
 # tcpdump -ddd -y EN10MB 'icmp'
-ICMP = prog(
-    [(40, 0, 0, 12), (21, 0, 3, 2048), (48, 0, 0, 23), (21, 0, 1, 1), (6, 0, 0, 262144), (6, 0, 0, 0)]
-)
+ICMP = ICMP_FILTER
 # tcpdump -ddd -y EN10MB -s 96 'icmp'
 ICMP_SNAPLEN_96 = prog(
     [(40, 0, 0, 12), (21, 0, 3, 2048), (48, 0, 0, 23), (21, 0, 1, 1), (6, 0, 0, 96), (6, 0, 0, 0)]
@@ -157,6 +157,7 @@ def insns(*tuples: tuple[int, int, int, int]) -> BpfProgram:
 
 # --- frames ----------------------------------------------------------------------
 
+# The frames here go from 02:00:00:00:00:01 to the broadcast address.
 ETH_ADDRS = h("ffffffffffff 020000000001")
 
 # Ethernet, IPv4 192.0.2.1 -> 192.0.2.2, ICMP echo request, written out.
@@ -166,32 +167,12 @@ ICMP_ECHO_FRAME = h(
 
 
 def ether(ethertype: int, payload: bytes) -> bytes:
-    return ETH_ADDRS + ethertype.to_bytes(2, "big") + payload
+    return fixtures.ether(ethertype, payload, ETH_ADDRS)
 
 
-def ipv4(
-    proto: int,
-    payload: bytes,
-    src: str = "192.0.2.1",
-    dst: str = "192.0.2.2",
-    options: bytes = b"",
-    frag: int = 0,
-    ttl: int = 64,
-) -> bytes:
-    """An IPv4 header (version 4, IHL from the options) and C{payload}."""
-    ihl = 5 + len(options) // 4
-    return (
-        bytes([0x40 | ihl, 0])
-        + (ihl * 4 + len(payload)).to_bytes(2, "big")
-        + h("0001")
-        + frag.to_bytes(2, "big")
-        + bytes([ttl, proto])
-        + h("0000")
-        + ip_address(src).packed
-        + ip_address(dst).packed
-        + options
-        + payload
-    )
+def ipv4(proto: int, payload: bytes, *, dst: str = "192.0.2.2", **kw: Any) -> bytes:
+    """An IPv4 header (version 4, IHL from the options) and C{payload}, to 192.0.2.2 unless told."""
+    return fixtures.ipv4(proto, payload, dst=dst, **kw)
 
 
 def ipv6(next_header: int, payload: bytes) -> bytes:
@@ -201,26 +182,6 @@ def ipv6(next_header: int, payload: bytes) -> bytes:
         + bytes([next_header, 64])
         + ip_address("2001:db8::1").packed
         + ip_address("2001:db8::2").packed
-        + payload
-    )
-
-
-def tcp(sport: int, dport: int, flags: int = 0x02) -> bytes:
-    return (
-        sport.to_bytes(2, "big")
-        + dport.to_bytes(2, "big")
-        + h("00000001 00000000")
-        + bytes([0x50, flags])
-        + h("ffff 0000 0000")
-    )
-
-
-def udp(sport: int, dport: int, payload: bytes = b"") -> bytes:
-    return (
-        sport.to_bytes(2, "big")
-        + dport.to_bytes(2, "big")
-        + (8 + len(payload)).to_bytes(2, "big")
-        + h("0000")
         + payload
     )
 

@@ -59,7 +59,6 @@ from rpcapsvc.protocol.wire import (
     FindAllInterfacesReply,
     FindAllInterfacesRequest,
     InterfaceAddress,
-    InterfaceFlags,
     InterfaceInfo,
     MalformedMessage,
     Message,
@@ -82,6 +81,9 @@ from rpcapsvc.server.control import RpcapServerFactory
 from rpcapsvc.server.session import SessionPolicy, SessionState
 from rpcapsvc.testing import FakeCaptureSystem, FakeDataChannels
 
+from . import _fixtures as fixtures
+from ._fixtures import DNS_QUERY, ICMP_ECHO, ICMP_FILTER, LO, Resolution, eth0, ether_ipv4
+
 DAEMON_HOST = "192.0.2.20"
 COLLECTOR_HOST = "192.0.2.1"
 OTHER_HOST = "198.51.100.7"
@@ -89,59 +91,10 @@ DLT_EN10MB = 1
 DLT_LINUX_SLL = 113
 SNAPLEN = 262144
 
-LO = InterfaceInfo(
-    "lo",
-    "",
-    InterfaceFlags.LOOPBACK | InterfaceFlags.UP | InterfaceFlags.RUNNING,
-    (InterfaceAddress(ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("255.0.0.0")),),
-)
-ETH0 = InterfaceInfo(
-    "eth0",
-    "Ethernet adapter",
-    InterfaceFlags.UP | InterfaceFlags.RUNNING | InterfaceFlags.CONNECTION_STATUS_CONNECTED,
-    (
-        InterfaceAddress(
-            ipaddress.ip_address("192.0.2.20"),
-            ipaddress.ip_address("255.255.255.0"),
-            ipaddress.ip_address("192.0.2.255"),
-        ),
-        InterfaceAddress(ipaddress.ip_address("2001:db8::20"), scope_id=0),
-    ),
-)
+ETH0 = eth0(DAEMON_HOST, InterfaceAddress(ipaddress.ip_address("2001:db8::20"), scope_id=0))
 
-# `tcpdump -ddd -r en10mb.pcap icmp` (a pcap file of link type EN10MB, snaplen 262144).
-TCPDUMP_ICMP = BpfProgram.from_tuples(
-    [
-        (40, 0, 0, 12),
-        (21, 0, 3, 2048),
-        (48, 0, 0, 23),
-        (21, 0, 1, 1),
-        (6, 0, 0, 262144),
-        (6, 0, 0, 0),
-    ]
-)
-
-
-def ether_ipv4(proto: int, payload: bytes) -> bytes:
-    """An Ethernet frame carrying an IPv4 packet of protocol C{proto}."""
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(payload),
-        1,
-        0,
-        64,
-        proto,
-        0,
-        bytes([192, 0, 2, 20]),
-        bytes([192, 0, 2, 1]),
-    )
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + payload
-
-
-ICMP_PACKET = ether_ipv4(1, b"\x08\x00\xf7\xff\x00\x00\x00\x00" + b"ping" * 10)
-UDP_PACKET = ether_ipv4(17, struct.pack("!HHHH", 1234, 53, 12, 0) + b"dnsq")
+ICMP_PACKET = ether_ipv4(1, ICMP_ECHO, src=DAEMON_HOST, dst=COLLECTOR_HOST)
+UDP_PACKET = ether_ipv4(17, DNS_QUERY, src=DAEMON_HOST, dst=COLLECTOR_HOST)
 
 
 def packet_messages(packets: list[tuple[int, int, bytes]], first_npkt: int = 1) -> list[bytes]:
@@ -151,10 +104,7 @@ def packet_messages(packets: list[tuple[int, int, bytes]], first_npkt: int = 1) 
 
 def captured(packets: list[tuple[int, int, bytes]], first_npkt: int = 1) -> list[CapturedPacket]:
     """What a receiver should deliver for C{packets} (whole frames, numbered from C{first_npkt})."""
-    return [
-        CapturedPacket(sec, usec, len(data), len(data), first_npkt + n, data)
-        for n, (sec, usec, data) in enumerate(packets)
-    ]
+    return fixtures.captured(packets, SNAPLEN, first_npkt)
 
 
 def connected_client(
@@ -203,15 +153,6 @@ class FakeTcpPort:
         return defer.succeed(None)
 
 
-@implementer(IHostResolution)
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
-
-
 @implementer(IHostnameResolver)
 class LiteralResolver:
     """Resolves an IP literal to itself (MemoryReactor's resolver says 127.0.0.1 to everything)."""
@@ -224,7 +165,7 @@ class LiteralResolver:
         addressTypes: Any = None,
         transportSemantics: str = "TCP",
     ) -> IHostResolution:
-        resolution = _Resolution(hostName)
+        resolution = Resolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         cls = IPv6Address if ":" in hostName else IPv4Address
         resolutionReceiver.addressResolved(cls("TCP", hostName, portNumber))
@@ -401,12 +342,12 @@ class RequestBytesTests(SynchronousTestCase):
 
     def test_start_capture(self) -> None:
         request = StartCaptureRequest(
-            96, 100, StartCapFlags.PROMISC | StartCapFlags.DGRAM, 33001, TCPDUMP_ICMP
+            96, 100, StartCapFlags.PROMISC | StartCapFlags.DGRAM, 33001, ICMP_FILTER
         )
         self.assertWrites(lambda p: p.start_capture(request), request)
 
     def test_update_filter(self) -> None:
-        self.assertWrites(lambda p: p.update_filter(TCPDUMP_ICMP), UpdateFilterRequest(TCPDUMP_ICMP))
+        self.assertWrites(lambda p: p.update_filter(ICMP_FILTER), UpdateFilterRequest(ICMP_FILTER))
 
     def test_stats(self) -> None:
         self.assertWrites(lambda p: p.stats(), StatsRequest())
@@ -450,7 +391,7 @@ class ReplyTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).linktype, DLT_LINUX_SLL)
 
     def test_start_capture_reply(self) -> None:
-        request = StartCaptureRequest(SNAPLEN, 100, 0, 0, TCPDUMP_ICMP)
+        request = StartCaptureRequest(SNAPLEN, 100, 0, 0, ICMP_FILTER)
         d = self.answered(lambda p: p.start_capture(request), StartCaptureReply(2097152, 40001))
         self.assertEqual(self.successResultOf(d), StartCaptureReply(2097152, 40001))
 
@@ -461,7 +402,7 @@ class ReplyTests(SynchronousTestCase):
     def test_empty_replies(self) -> None:
         for call, reply in (
             (lambda p: p.end_capture(), EndCaptureReply()),
-            (lambda p: p.update_filter(TCPDUMP_ICMP), UpdateFilterReply()),
+            (lambda p: p.update_filter(ICMP_FILTER), UpdateFilterReply()),
             (lambda p: p.set_sampling(0, 0), SetSamplingReply()),
         ):
             self.assertEqual(self.successResultOf(self.answered(call, reply)), reply)
@@ -786,7 +727,7 @@ class StartCaptureTests(SynchronousTestCase):
     def test_filter_sent(self) -> None:
         """The filter goes in the startcap as tcpdump would compile it for the daemon's link type."""
         self.start(CaptureSettings("eth0", filter="icmp"))
-        self.assertEqual(self.startcap_sent().filter, TCPDUMP_ICMP)
+        self.assertEqual(self.startcap_sent().filter, ICMP_FILTER)
 
     def test_not_promiscuous(self) -> None:
         self.start(CaptureSettings("eth0", promiscuous=False, snaplen=96))
@@ -1045,7 +986,7 @@ class CompileFilterTests(SynchronousTestCase):
 
     def test_as_tcpdump_compiles_it(self) -> None:
         """`icmp` becomes tcpdump's own program for the link type."""
-        self.assertEqual(compile_filter("icmp", DLT_EN10MB, SNAPLEN), TCPDUMP_ICMP)
+        self.assertEqual(compile_filter("icmp", DLT_EN10MB, SNAPLEN), ICMP_FILTER)
 
     def test_as_pcapy_compiles_it(self) -> None:
         for expression in ("icmp", "tcp port 80", "host 192.0.2.1 and not arp"):
@@ -1057,7 +998,7 @@ class CompileFilterTests(SynchronousTestCase):
 
     def test_for_the_remote_link_type(self) -> None:
         """The same expression compiles differently for a Linux cooked capture."""
-        self.assertNotEqual(compile_filter("icmp", DLT_LINUX_SLL, SNAPLEN), TCPDUMP_ICMP)
+        self.assertNotEqual(compile_filter("icmp", DLT_LINUX_SLL, SNAPLEN), ICMP_FILTER)
 
     def test_bad_expression(self) -> None:
         with self.assertRaises(ValueError) as caught:

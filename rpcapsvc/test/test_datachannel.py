@@ -23,15 +23,7 @@ from rpcapsvc.protocol.datachannel import (
 )
 from rpcapsvc.protocol.wire import MalformedMessage
 
-from .test_wire import h
-
-FRAME_A = bytes(range(10))  # 10 bytes
-FRAME_B = b"\xbb\xcc\xdd"  # 3 bytes
-PACKETS = [(1700000000, 123456, FRAME_A), (1700000001, 5, FRAME_B)]
-
-# ts 1700000000 = 0x6553f100, 123456 us = 0x0001e240
-PKTHDR_A = h("6553f100 0001e240 0000000a 0000000a 00000001")
-PKTHDR_B = h("6553f101 00000005 00000003 00000003 00000002")
+from ._fixtures import FRAME_A, FRAME_B, PACKETS, PKTHDR_A, PKTHDR_B, captured, h
 
 
 def native_u32(*values: int) -> bytes:
@@ -159,13 +151,6 @@ packet_lists = st.lists(
 )
 
 
-def expected_packets(packets, snaplen: int, first_npkt: int) -> list[CapturedPacket]:
-    return [
-        CapturedPacket(sec, usec, min(len(data), snaplen), len(data), first_npkt + n, data[:snaplen])
-        for n, (sec, usec, data) in enumerate(packets)
-    ]
-
-
 class RoundTripTests(SynchronousTestCase):
     @given(packet_lists, st.integers(0, 300), st.integers(1, 2**31))
     def test_messages(self, packets, snaplen: int, first_npkt: int) -> None:
@@ -175,7 +160,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(len(messages), len(packets))
         self.assertEqual(
             list(iter_packet_messages(b"".join(messages))),
-            expected_packets(packets, snaplen, first_npkt),
+            captured(packets, snaplen, first_npkt),
         )
 
     @given(packet_lists, st.integers(0, 300), st.integers(1, 2**32 - 1))
@@ -198,4 +183,4 @@ class RoundTripTests(SynchronousTestCase):
             decoded.append(packet)
             offset += 20 + packet.caplen
         self.assertEqual(offset, len(stream))
-        self.assertEqual(decoded, expected_packets(packets, snaplen, first_npkt))
+        self.assertEqual(decoded, captured(packets, snaplen, first_npkt))

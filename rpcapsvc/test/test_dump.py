@@ -29,17 +29,18 @@ from rpcapsvc.collector.dump import Dump, Source, UsageError, build_parser, pars
 from rpcapsvc.collector.files import CaptureFileWriter
 from rpcapsvc.protocol.datachannel import CapturedPacket
 from rpcapsvc.protocol.wire import ErrorCode, RemoteError
+from rpcapsvc.test._fixtures import ether_ipv4
 from rpcapsvc.test.test_client import (
+    COLLECTOR_HOST,
     DAEMON_HOST,
     ICMP_PACKET,
     UDP_PACKET,
     InMemoryDaemon,
     UdpMemoryReactor,
     captured,
-    ether_ipv4,
 )
 
-BIG_PACKET = ether_ipv4(1, bytes(200))
+BIG_PACKET = ether_ipv4(1, bytes(200), src=DAEMON_HOST, dst=COLLECTOR_HOST)
 
 
 def packets(count: int, first_npkt: int = 1) -> list[CapturedPacket]:

@@ -59,10 +59,18 @@ from rpcapsvc.server.control import RpcapServerFactory, RpcapServerProtocol
 from rpcapsvc.server.session import REQUESTS_PER_TURN, SessionPolicy, SessionState
 from rpcapsvc.testing import FakeCaptureSystem, FakeDataChannels
 
-from .test_session import ETH0, ICMP_FILTER, ICMP_PACKET, JUMP_PAST_END, LO, NO_RETURN, UDP_FILTER, UDP_PACKET
-
-PEER_HOST = "192.0.2.10"
-LOCAL_HOST = "192.0.2.1"
+from ._fixtures import (
+    ETH0,
+    ICMP_FILTER,
+    ICMP_PACKET,
+    JUMP_PAST_END,
+    LO,
+    LOCAL_HOST,
+    NO_RETURN,
+    PEER_HOST,
+    UDP_FILTER,
+    UDP_PACKET,
+)
 
 REPLY_TYPES = (
     ErrorReply,

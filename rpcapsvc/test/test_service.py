@@ -15,16 +15,14 @@ import socket
 from typing import Any, Callable, Optional
 
 from twisted.application.internet import ClientService, StreamServerEndpointService
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IAddress
-from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcapsvc.config import ActiveTarget, DaemonConfig
-from rpcapsvc.protocol.framing import ControlStreamParser
 from rpcapsvc.protocol.wire import (
     AuthReply,
     AuthRequest,
@@ -43,6 +41,8 @@ from rpcapsvc.server.control import RpcapServerFactory
 from rpcapsvc.server.session import SessionPolicy
 from rpcapsvc.service import RpcapdService, resolve_clients
 from rpcapsvc.testing import FakeCaptureSystem, FakeDataChannels
+
+from ._fixtures import Client
 
 LO = InterfaceInfo(
     "lo",
@@ -97,39 +97,8 @@ def fake_getaddrinfo(table: dict[str, list[str]]) -> Callable[..., Any]:
     return getaddrinfo
 
 
-class Client:
-    """One control connection to C{protocol}, seen from the client's side."""
-
-    def __init__(self, build: Callable[[Any], Any], peer: IAddress) -> None:
-        self.transport = StringTransportWithDisconnection(
-            hostAddress=IPv4Address("TCP", "192.0.2.1", 2002), peerAddress=peer
-        )
-        protocol = build(peer)
-        assert protocol is not None
-        self.protocol = protocol
-        self.transport.protocol = protocol
-        self.transport.connected = True  # type: ignore[attr-defined]
-        protocol.makeConnection(self.transport)
-        self.parser = ControlStreamParser()
-
-    @property
-    def connected(self) -> bool:
-        return bool(self.transport.connected)  # type: ignore[attr-defined]
-
-    def replies(self) -> list[Message | None]:
-        data = self.transport.value()
-        self.transport.clear()
-        return [r.message for r in self.parser.feed(data)]
-
-    def request(self, message: Message) -> Message | None:
-        self.protocol.dataReceived(message.encode())
-        [reply] = self.replies()
-        return reply
-
-
 def connect(factory: RpcapServerFactory, host: str = "192.0.2.10") -> Client:
-    peer: IAddress = IPv6Address("TCP", host, 5555) if ":" in host else IPv4Address("TCP", host, 5555)
-    return Client(factory.buildProtocol, peer)
+    return Client(factory, host)
 
 
 class ServiceTestBase(SynchronousTestCase):
@@ -305,7 +274,7 @@ class CollectorTests(ServiceTestBase):
         """A collector configured with ifname= gets that interface listed first and only it opened."""
         service = self.started(active=[ActiveTarget("127.0.0.1:2003", ifname="lo")])
         service.policy.null_auth = True
-        client = Client(self.reactor.tcpClients[0][2].buildProtocol, IPv4Address("TCP", "127.0.0.1", 2003))
+        client = Client(self.reactor.tcpClients[0][2], IPv4Address("TCP", "127.0.0.1", 2003))
         self.assertIsInstance(client.request(AuthRequest(0)), AuthReply)
         reply = client.request(FindAllInterfacesRequest())
         assert isinstance(reply, FindAllInterfacesReply)

@@ -6,22 +6,18 @@ parsed back with L{ControlStreamParser}.  No sockets, no real capture.
 
 from __future__ import annotations
 
-import ipaddress
-import struct
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from rpcapsvc.protocol.datachannel import BATCH_RECORD, PacketBatch
-from rpcapsvc.protocol.framing import ControlStreamParser, Received
 from rpcapsvc.protocol.wire import (
     BYTE_ORDER_MAGIC,
     HEADER,
@@ -35,8 +31,6 @@ from rpcapsvc.protocol.wire import (
     ErrorReply,
     FindAllInterfacesReply,
     FindAllInterfacesRequest,
-    InterfaceAddress,
-    InterfaceFlags,
     InterfaceInfo,
     Message,
     OpenReply,
@@ -53,86 +47,24 @@ from rpcapsvc.protocol.wire import (
     UpdateFilterRequest,
     frame,
 )
-from rpcapsvc.server.control import RpcapServerFactory, RpcapServerProtocol
+from rpcapsvc.server.control import RpcapServerFactory
 from rpcapsvc.server.session import SessionPolicy, SessionState
 from rpcapsvc.testing import FakeCaptureHandle, FakeCaptureSystem, FakeDataChannels, RecordingSink
 
-PEER_HOST = "192.0.2.10"
-LOCAL_HOST = "192.0.2.1"
-
-LO = InterfaceInfo(
-    "lo",
-    "",
-    InterfaceFlags.LOOPBACK | InterfaceFlags.UP | InterfaceFlags.RUNNING,
-    (InterfaceAddress(ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("255.0.0.0")),),
+from ._fixtures import (
+    ETH0,
+    ICMP_FILTER,
+    ICMP_PACKET,
+    JUMP_PAST_END,
+    LO,
+    LOCAL_HOST,
+    NO_RETURN,
+    PEER_HOST,
+    UDP_FILTER,
+    UDP_PACKET,
+    Client,
+    ether_ipv4_between,
 )
-ETH0 = InterfaceInfo(
-    "eth0",
-    "Ethernet adapter",
-    InterfaceFlags.UP | InterfaceFlags.RUNNING | InterfaceFlags.CONNECTION_STATUS_CONNECTED,
-    (
-        InterfaceAddress(
-            ipaddress.ip_address("192.0.2.1"),
-            ipaddress.ip_address("255.255.255.0"),
-            ipaddress.ip_address("192.0.2.255"),
-        ),
-    ),
-)
-
-# `tcpdump -ddd -y EN10MB icmp`
-ICMP_FILTER = BpfProgram.from_tuples(
-    [
-        (40, 0, 0, 12),
-        (21, 0, 3, 2048),
-        (48, 0, 0, 23),
-        (21, 0, 1, 1),
-        (6, 0, 0, 262144),
-        (6, 0, 0, 0),
-    ]
-)
-# `tcpdump -ddd -y EN10MB udp`
-UDP_FILTER = BpfProgram.from_tuples(
-    [
-        (40, 0, 0, 12),
-        (21, 0, 2, 2048),
-        (48, 0, 0, 23),
-        (21, 6, 7, 17),
-        (21, 0, 6, 34525),
-        (48, 0, 0, 20),
-        (21, 3, 0, 17),
-        (21, 0, 3, 44),
-        (48, 0, 0, 54),
-        (21, 0, 1, 17),
-        (6, 0, 0, 262144),
-        (6, 0, 0, 0),
-    ]
-)
-# A conditional jump past the end of the program (jt = 5 in a 2-instruction program).
-JUMP_PAST_END = BpfProgram.from_tuples([(21, 5, 0, 1), (6, 0, 0, 0)])
-# A program that never returns.
-NO_RETURN = BpfProgram.from_tuples([(40, 0, 0, 12)])
-
-
-def ether_ipv4(proto: int, payload: bytes) -> bytes:
-    """An Ethernet frame carrying an IPv4 packet of protocol C{proto}."""
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(payload),
-        1,
-        0,
-        64,
-        proto,
-        0,
-        bytes([192, 0, 2, 1]),
-        bytes([192, 0, 2, 10]),
-    )
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + payload
-
-
-ICMP_PACKET = ether_ipv4(1, b"\x08\x00\xf7\xff\x00\x00\x00\x00" + b"ping" * 10)
-UDP_PACKET = ether_ipv4(17, struct.pack("!HHHH", 1234, 53, 12, 0) + b"dnsq")
 
 
 def packets_of(batches: list[PacketBatch]) -> list[tuple[int, int, bytes]]:
@@ -155,49 +87,6 @@ class SlowChecker:
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         return self.pending
-
-
-class Client:
-    """One control connection to the factory, seen from the client's side."""
-
-    def __init__(self, factory: RpcapServerFactory, peer_host: str = PEER_HOST) -> None:
-        self.factory = factory
-        peer = IPv4Address("TCP", peer_host, 5555)
-        self.transport = StringTransportWithDisconnection(
-            hostAddress=IPv4Address("TCP", LOCAL_HOST, 2002), peerAddress=peer
-        )
-        self.protocol: RpcapServerProtocol = factory.buildProtocol(peer)
-        self.transport.protocol = self.protocol
-        self.transport.connected = True  # type: ignore[attr-defined]
-        self.protocol.makeConnection(self.transport)
-        self.parser = ControlStreamParser()
-
-    @property
-    def session(self) -> Any:
-        return self.protocol.session
-
-    @property
-    def connected(self) -> bool:
-        return bool(self.transport.connected)  # type: ignore[attr-defined]
-
-    def send(self, *messages: Message | bytes) -> None:
-        for m in messages:
-            self.protocol.dataReceived(m if isinstance(m, bytes) else m.encode())
-
-    def received(self) -> list[Received]:
-        data = self.transport.value()
-        self.transport.clear()
-        return self.parser.feed(data)
-
-    def replies(self) -> list[Message | None]:
-        return [r.message for r in self.received()]
-
-    def request(self, message: Message | bytes) -> Message | None:
-        """Send one request and return the single reply it got at once."""
-        self.send(message)
-        replies = self.replies()
-        assert len(replies) == 1, f"expected one reply, got {replies!r}"
-        return replies[0]
 
 
 class SessionTestBase(SynchronousTestCase):
@@ -996,28 +885,6 @@ class CaptureFailureTests(SessionTestBase):
         old_sink.on_lost("late")  # type: ignore[operator]
         self.assertFalse(new_handle.closed)
         self.assertEqual(client.session.state, SessionState.CAPTURING)
-
-
-def ether_ipv4_between(proto: int, src: str, dst: str, sport: int, dport: int, body: bytes = b"x") -> bytes:
-    """An Ethernet/IPv4 frame of a TCP (6) or UDP (17) packet between two endpoints."""
-    if proto == 17:
-        l4 = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
-    else:
-        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x18, 512, 0, 0) + body
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(l4),
-        1,
-        0,
-        64,
-        proto,
-        0,
-        bytes(map(int, src.split("."))),
-        bytes(map(int, dst.split("."))),
-    )
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4
 
 
 class OwnTrafficTests(SessionTestBase):

@@ -23,16 +23,7 @@ from rpcapsvc.protocol.udpstr import (
     is_udpstr_datagram,
 )
 
-from .test_wire import h
-
-Packet = tuple[int, int, bytes]
-
-# The packets of test_datachannel: 10 and 3 bytes, npkt 1 and 2.
-FRAME_A = bytes(range(10))
-FRAME_B = b"\xbb\xcc\xdd"
-PACKETS = [(1700000000, 123456, FRAME_A), (1700000001, 5, FRAME_B)]
-PKTHDR_A = h("6553f100 0001e240 0000000a 0000000a 00000001")
-PKTHDR_B = h("6553f101 00000005 00000003 00000003 00000002")
+from ._fixtures import FRAME_A, FRAME_B, PACKETS, PKTHDR_A, PKTHDR_B, Packet, captured, h
 
 
 def numbered(*sizes: int) -> list[Packet]:
@@ -43,13 +34,6 @@ def numbered(*sizes: int) -> list[Packet]:
 def pkthdr(n: int, caplen: int) -> bytes:
     """The packet header of L{numbered}'s packet C{n}, in hex digits."""
     return h(f"{n:08x} 00000000 {caplen:08x} {caplen:08x} {n:08x}")
-
-
-def captured(packets: list[Packet], snaplen: int = 65535, first_npkt: int = 1) -> list[CapturedPacket]:
-    return [
-        CapturedPacket(sec, usec, min(len(data), snaplen), len(data), first_npkt + n, data[:snaplen])
-        for n, (sec, usec, data) in enumerate(packets)
-    ]
 
 
 def frame(

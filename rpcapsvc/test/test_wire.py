@@ -53,10 +53,7 @@ from rpcapsvc.protocol.wire import (
     decode_message,
 )
 
-
-def h(text: str) -> bytes:
-    """Bytes from hex digits, spaced and split over lines for readability."""
-    return bytes.fromhex(text)
+from ._fixtures import ICMP_FILTER, h
 
 
 def sockaddr(raw: bytes) -> bytes:
@@ -70,17 +67,6 @@ NO_SOCKADDR = bytes(128)
 # 0xa1b2c3d4 as this machine (the server) stores it in memory.
 NATIVE_MAGIC = h("a1b2c3d4") if sys.byteorder == "big" else h("d4c3b2a1")
 FOREIGN_MAGIC = NATIVE_MAGIC[::-1]
-
-ICMP_PROGRAM = BpfProgram(
-    (
-        BpfInstruction(0x28, 0, 0, 12),  # ldh [12]
-        BpfInstruction(0x15, 0, 3, 0x800),  # jeq #0x800 jt 0 jf 3
-        BpfInstruction(0x30, 0, 0, 23),  # ldb [23]
-        BpfInstruction(0x15, 0, 1, 1),  # jeq #1 jt 0 jf 1
-        BpfInstruction(0x06, 0, 0, 262144),  # ret #262144
-        BpfInstruction(0x06, 0, 0, 0),  # ret #0
-    )
-)
 
 FINDALLDEVS_REPLY = FindAllInterfacesReply(
     (
@@ -209,7 +195,7 @@ KNOWN_MESSAGES: list[tuple[str, bytes, Message]] = [
             "  0028 00 00 0000000c  0015 00 03 00000800  0030 00 00 00000017"
             "  0015 00 01 00000001  0006 00 00 00040000  0006 00 00 00000000"
         ),
-        StartCaptureRequest(65535, 0, StartCapFlags.PROMISC | StartCapFlags.DGRAM, 2003, ICMP_PROGRAM),
+        StartCaptureRequest(65535, 0, StartCapFlags.PROMISC | StartCapFlags.DGRAM, 2003, ICMP_FILTER),
     ),
     (
         "startcap reply",
