@@ -34,7 +34,7 @@ from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
 from .server.active import collector_service
 from .server.control import RpcapServerFactory
 from .server.datachannel import DataChannels
-from .server.session import Network, SessionPolicy
+from .server.session import ForwardedTraffic, Network, SessionPolicy
 
 DEFAULT_LISTEN = "tcp:2002"
 
@@ -92,9 +92,15 @@ class RpcapdService(MultiService):
         self._old_sighup: Any = None
         self.collectors: dict[ActiveTarget, ClientService] = {}
         self.sessions: set[Any] = set()
+        self.forwarded = ForwardedTraffic()
         """Every session, passive and active: the session limit counts them all."""
         self.passive_factory = RpcapServerFactory(
-            reactor, self.capture_system, self.policy, self.data_channels, sessions=self.sessions
+            reactor,
+            self.capture_system,
+            self.policy,
+            self.data_channels,
+            sessions=self.sessions,
+            forwarded=self.forwarded,
         )
         self.listeners: list[StreamServerEndpointService] = []
         for description in listen:
@@ -139,6 +145,7 @@ class RpcapdService(MultiService):
                 interface=target.ifname,
                 interface_address=target.ifaddr,
                 sessions=self.sessions,
+                forwarded=self.forwarded,
             )
             service = collector_service(self.reactor, target.endpoint, factory, target.describe())
             service.setServiceParent(self)

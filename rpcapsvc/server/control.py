@@ -20,7 +20,7 @@ from ..connections import TlsSettings, tls_settings_of
 from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
 from .datachannel import DataChannels, IDataChannels
-from .session import IControlChannel, ServerSession, SessionPolicy, client_allowed
+from .session import ForwardedTraffic, IControlChannel, ServerSession, SessionPolicy, client_allowed
 
 
 def _host(address: Optional[IAddress]) -> str:
@@ -96,6 +96,7 @@ class RpcapServerProtocol(protocol.Protocol):
             self.factory.policy,
             self.factory.reactor,
             interface=interface,
+            forwarded=self.factory.forwarded,
         )
 
     def dataReceived(self, data: bytes) -> None:
@@ -156,6 +157,7 @@ class RpcapServerFactory(protocol.Factory):
         interface: Optional[str] = None,
         interface_address: Optional[str] = None,
         sessions: Optional[set[RpcapServerProtocol]] = None,
+        forwarded: Optional[ForwardedTraffic] = None,
     ) -> None:
         self.reactor = reactor
         self.capture_system = capture_system
@@ -166,6 +168,8 @@ class RpcapServerFactory(protocol.Factory):
         self.interface_address = interface_address
         self.sessions: set[RpcapServerProtocol] = set() if sessions is None else sessions
         """Every session of the service (shared by its factories, for the session limit)."""
+        self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
+        """What every capturing session of the service forwards (shared, so no capture includes any of it)."""
 
     def buildProtocol(self, addr: Optional[IAddress]) -> RpcapServerProtocol:
         return RpcapServerProtocol(self)

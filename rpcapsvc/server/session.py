@@ -130,6 +130,9 @@ class SessionPolicy:
     max_message_size: int = DEFAULT_MAX_PAYLOAD
 
 
+KERNEL_MAX_INSTRUCTIONS = 4096
+"""Linux runs classic BPF programs of at most this many instructions (BPF_MAXINSNS)."""
+
 REQUESTS_PER_TURN = 32
 """Requests handled back to back before other sessions get a turn of the reactor."""
 _SLOW_REQUESTS = {MessageType.OPEN_REQ, MessageType.STARTCAP_REQ, MessageType.ENDCAP_REQ}
@@ -160,6 +163,36 @@ def client_allowed(policy: SessionPolicy, host: str) -> bool:
 def is_local_interface_name(name: str) -> bool:
     """A plain interface name: never a URL, a path or a pcap file."""
     return bool(name) and len(name) < 256 and "/" not in name and ":" not in name and "\0" not in name
+
+
+class ForwardedTraffic:
+    """
+    The control and data traffic of every capturing session of a service, as
+    pcap expressions, so that each capture leaves out all of it, not only its
+    own: two sessions capturing the interface their packets leave by would
+    otherwise capture each other's forwarded packets, without end.  When the
+    set changes, every other capturing session places its filter again.
+    """
+
+    def __init__(self) -> None:
+        self._clauses: dict[ServerSession, str] = {}
+
+    def expression(self) -> str:
+        return " or ".join(f"({c})" for c in self._clauses.values())
+
+    def set(self, session: ServerSession, clause: str) -> None:
+        if self._clauses.get(session) != clause:
+            self._clauses[session] = clause
+            self._changed(session)
+
+    def remove(self, session: ServerSession) -> None:
+        if self._clauses.pop(session, None) is not None:
+            self._changed(session)
+
+    def _changed(self, source: ServerSession) -> None:
+        for session in list(self._clauses):
+            if session is not source:
+                session.refilter()
 
 
 class _FilterRefused(Exception):
@@ -206,8 +239,10 @@ class ServerSession:
         policy: SessionPolicy,
         reactor: Any,
         interface: Optional[str] = None,
+        forwarded: Optional[ForwardedTraffic] = None,
     ) -> None:
         self.channel = channel
+        self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
         self.capture_system = capture_system
         self.data_channels = data_channels
         self.policy = policy
@@ -579,16 +614,39 @@ class ServerSession:
         """
         capture.data_channel = data_channel
         capture.own_traffic = self._own_traffic_expression(data_channel)
+        if self.policy.exclude_own_traffic and capture.own_traffic:
+            self.forwarded.set(self, capture.own_traffic)
+        self._apply_filter(capture)
+
+    def _apply_filter(self, capture: _Capture) -> None:
         program = capture.client_program
         if self.policy.exclude_own_traffic and capture.own_traffic:
-            try:
-                unwanted = compile_filter(capture.own_traffic, capture.handle.linktype)
-            except ValueError:
-                unwanted = None  # a link type without IP: nothing of ours to see there
+            unwanted = None
+            # Everything every session forwards; failing that (a link type
+            # without IP, a program over the kernel's limit), our own.
+            for expression in dict.fromkeys((self.forwarded.expression(), capture.own_traffic)):
+                try:
+                    unwanted = compile_filter(expression, capture.handle.linktype)
+                except ValueError:
+                    continue
+                client = len(program.instructions) if program else 1
+                if len(unwanted.instructions) + client <= KERNEL_MAX_INSTRUCTIONS:
+                    break
+                unwanted = None
             if unwanted is not None:
                 program = bpf.exclude(unwanted, program or bpf.ACCEPT_ALL)
         if program is not None:
             capture.handle.set_filter(program)
+
+    def refilter(self) -> None:
+        """What the service's sessions forward has changed: place the filter again."""
+        capture = self._capture
+        if capture is None or not capture.own_traffic:
+            return
+        try:
+            self._apply_filter(capture)
+        except CaptureError as e:
+            self.log.warn("Cannot update the filter on {device}: {why}", device=self.device, why=str(e))
 
     def _own_traffic_expression(self, data_channel: str) -> str:
         peer = self.channel.peer_host
@@ -639,6 +697,7 @@ class ServerSession:
         capture, self._capture = self._capture, None
         if capture is None:
             return
+        self.forwarded.remove(self)
         try:
             self._last_stats = capture.stats()
         except CaptureError:

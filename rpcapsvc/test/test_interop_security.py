@@ -561,6 +561,31 @@ class FeedbackLoopTests(DaemonMixin, SynchronousTestCase):
         for marker in markers:
             self.assertEqual(sum(has_marker(f, marker) for f in frames), 1, marker)
 
+    def test_two_sessions_never_capture_each_others_forwarded_packets(self) -> None:
+        """
+        Two unfiltered UDP captures of C{lo} at once: each session's data
+        crosses the interface the other captures.  Neither sees the other's
+        forwarded datagrams, whichever started first.
+        """
+        first = self.capture(self.url + "lo", "--udp", "--snaplen", "256", "--max-seconds", "10")
+        warm_up(first, self.traffic)
+        second = self.capture(self.url + "lo", "--udp", "--snaplen", "256", "--max-seconds", "10")
+        warm_up(second, self.traffic)
+        daemon_udp_ports = local_ports(self.daemon.process.pid, "udp")
+        self.assertGreaterEqual(len(daemon_udp_ports), 2)
+        markers = [f"pair-{n}-{os.urandom(4).hex()}" for n in range(10)]
+        for marker in markers:
+            self.traffic.send(marker)
+            time.sleep(0.02)
+        time.sleep(1.5)
+        first.kill()
+        second.kill()
+        for cap in (first, second):
+            frames = payloads(cap.lines)
+            self.assertEqual(self.own_datagrams(frames, daemon_udp_ports), [])
+            for marker in markers:
+                self.assertEqual(sum(has_marker(f, marker) for f in frames), 1, marker)
+
     def test_capture_own_traffic_feeds_back(self) -> None:
         """The check on the check: with the exclusion off, the loop is there to see."""
         self.daemon.stop()

@@ -908,6 +908,29 @@ class OwnTrafficTests(SessionTestBase):
         self.reader(sink).doRead()
         self.assertEqual([p[0] for p in packets_of(sink.batches)], [4, 5])
 
+    def test_no_capture_includes_another_sessions_forwarded_packets(self) -> None:
+        """
+        Two sessions capturing where both forward would capture each other's
+        packets without end: each leaves out what every session forwards,
+        and a capture started later updates the filters of those running.
+        """
+        first, first_handle, first_sink = self.capturing(portdata=2003)
+        peer = first.transport.getPeer().host
+        local = first.transport.getHost().host
+        second, second_handle, second_sink = self.capturing(portdata=2004)
+        to_first = ether_ipv4_between(17, local, peer, 50000, 2003)
+        to_second = ether_ipv4_between(17, local, peer, 50000, 2004)
+        unrelated = ether_ipv4_between(17, local, peer, 50000, 2005)
+        for handle, sink in ((first_handle, first_sink), (second_handle, second_sink)):
+            handle.inject([(1, 0, to_first), (2, 0, to_second), (3, 0, unrelated)])
+            self.reader(sink).doRead()
+            self.assertEqual([p[0] for p in packets_of(sink.batches)], [3])
+        # When the second capture ends, the first forgets its traffic again.
+        self.assertIsInstance(second.request(EndCaptureRequest()), EndCaptureReply)
+        first_handle.inject([(4, 0, to_second), (5, 0, to_first)])
+        self.reader(first_sink).doRead()
+        self.assertEqual([p[0] for p in packets_of(first_sink.batches)], [3, 4])
+
     def test_exclusion_composes_with_the_clients_filter(self) -> None:
         client, handle, sink = self.capturing(filter=ICMP_FILTER)
         peer = client.transport.getPeer().host
