@@ -7,7 +7,7 @@ PORT ?= 2002
 PEERS ?= $(CURDIR)/.peers
 BIN = $(VENV)/bin
 
-.PHONY: run test check unit lint peers system-deps install install-test bench clean
+.PHONY: run test unit lint peers system-deps install install-test bench clean
 
 system-deps:
 	scripts/install-system-deps.sh
@@ -42,4 +42,4 @@ bench: install-test peers
 	$(BIN)/python benchmarks/forwarding.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp
+	rm -rf $(VENV) build *.egg-info _trial_temp*

@@ -92,8 +92,9 @@ class RpcapdService(MultiService):
         self._old_sighup: Any = None
         self.collectors: dict[ActiveTarget, ClientService] = {}
         self.sessions: set[Any] = set()
-        self.forwarded = ForwardedTraffic()
         """Every session, passive and active: the session limit counts them all."""
+        self.forwarded = ForwardedTraffic()
+        """What every capturing session forwards: no capture includes any of it."""
         self.passive_factory = RpcapServerFactory(
             reactor,
             self.capture_system,

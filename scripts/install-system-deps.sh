@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian (bookworm) packages needed to build and run rpcapsvc's
+# Install the Debian packages (bookworm's; the libpcap sources come from trixie) needed to build and run rpcapsvc's
 # reference peers (libpcap's rpcapd and the rpcap-peer-client), tshark, tcpreplay...
 #
 # Usage: sudo scripts/install-system-deps.sh

@@ -160,16 +160,12 @@ class PcapyHandle:
         kernel_program: Optional[BpfProgram] = bpf.for_kernel(program)
         if self.linktype == bpf.DLT_LINUX_SLL and kernel_program is not None:
             kernel_program = bpf.for_cooked_kernel(kernel_program)
+        try:
+            attach_kernel_filter(self._fd, bpf.ACCEPT_ALL if kernel_program is None else kernel_program)
+        except OSError as e:
+            raise CaptureError(f"the kernel refused the filter: {e}") from e
         self._program = program
-        if kernel_program is None:
-            self._userland_always = True
-            attach_kernel_filter(self._fd, bpf.ACCEPT_ALL)
-        else:
-            self._userland_always = False
-            try:
-                attach_kernel_filter(self._fd, kernel_program)
-            except OSError as e:
-                raise CaptureError(f"the kernel refused the filter: {e}") from e
+        self._userland_always = kernel_program is None
         # Everything stamped before now may have been captured under the old
         # filter: filter it here with the new one.
         self._userland_before_us = int(time.time() * 1_000_000) + 1
@@ -228,9 +224,14 @@ class PcapySystem:
     """The real capture system: libpcap through pcapy-ng."""
 
     def list_interfaces(self) -> list[InterfaceInfo]:
+        import pcapy
+
         from .interfaces import list_interfaces
 
-        return list_interfaces()
+        try:
+            return list_interfaces()
+        except pcapy.PcapError as e:
+            raise CaptureError(f"cannot list interfaces: {e}") from e
 
     def probe_linktype(self, device: str) -> int:
         import pcapy
@@ -249,6 +250,9 @@ class PcapySystem:
 
         try:
             reader = pcapy.create(device)
+        except pcapy.PcapError as e:
+            raise CaptureError(str(e)) from e
+        try:
             reader.set_snaplen(bpf.MAXIMUM_SNAPLEN)
             reader.set_promisc(1 if options.promiscuous else 0)
             # libpcap takes an int: a client's u32 timeout would overflow it.
@@ -259,5 +263,6 @@ class PcapySystem:
             if options.direction is not Direction.BOTH:
                 reader.setdirection(_DIRECTIONS[options.direction])
         except pcapy.PcapError as e:
+            reader.close()
             raise CaptureError(str(e)) from e
         return PcapyHandle(reader)

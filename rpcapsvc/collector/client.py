@@ -2,8 +2,9 @@
 An RPCAP client: the collector's side of the control connection, and the
 receivers for the packets a daemon sends.
 
-L{RpcapClientProtocol} sends one request at a time and answers each with a
-Deferred that fires with the reply or fails with L{RemoteError}.  It works on
+L{RpcapClientProtocol} answers each request with a Deferred that fires with
+its reply or fails with L{RemoteError}; requests may be pipelined, and replies
+are matched to them in order.  It works on
 a connection we made to a passive daemon, or on one an active daemon made to
 us.  L{start_capture} drives a whole capture: open, a filter compiled here
 for the remote link type, the data channel (TCP either way round, classic
@@ -89,9 +90,7 @@ class RpcapClientProtocol(protocol.Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _answer(self, r: Received) -> None:
-        if isinstance(r.message, ErrorReply) and (
-            not self._waiting or self._waiting[0][0] == MessageType.CLOSE
-        ):
+        if isinstance(r.message, ErrorReply) and (not self._waiting):
             self.log.warn("Daemon reported error {code}: {text}", code=r.message.code, text=r.message.text)
             self.errors.append(r.message)
             return
@@ -309,11 +308,15 @@ class RemoteCapture:
     linktype: int
     receiver: Any
     port: Optional[IListeningPort] = None
-    received: int = 0
 
     @property
     def loss(self) -> LossCounters:
         return self.receiver.loss  # type: ignore[no-any-return]
+
+    @property
+    def data_lost(self) -> Optional[defer.Deferred[None]]:
+        """Fires when a TCP data connection closes (C{None} over UDP, which cannot tell)."""
+        return self.receiver.lost if isinstance(self.receiver, TcpPacketReceiver) else None
 
     def update_filter(self, expression: str) -> defer.Deferred[Any]:
         return self.client.update_filter(compile_filter(expression, self.linktype, self.settings.snaplen))
@@ -359,15 +362,9 @@ async def start_capture(
     opened = await client.open(settings.device)
     program = compile_filter(settings.filter, opened.linktype, settings.snaplen)
     flags = StartCapFlags.PROMISC if settings.promiscuous else StartCapFlags(0)
-    counted: list[int] = [0]
-
-    def deliver(packets: list[CapturedPacket]) -> None:
-        counted[0] += len(packets)
-        on_packets(packets)
-
     local = client.local_host
     if settings.udp:
-        dgram = DatagramPacketReceiver(deliver, allowed_host=client.peer_host)
+        dgram = DatagramPacketReceiver(on_packets, allowed_host=client.peer_host)
         port = reactor.listenUDP(0, dgram, interface=local, maxPacketSize=65535)
         request = StartCaptureRequest(
             settings.snaplen,
@@ -383,7 +380,7 @@ async def start_capture(
             raise
         return RemoteCapture(client, settings, opened.linktype, dgram, port)
 
-    tcp = TcpPacketReceiver(deliver)
+    tcp = TcpPacketReceiver(on_packets)
     tls = tls_settings_of(client.transport)  # the data connection does TLS as the control one does
     if active:
         factory = SingleProtocolFactory(tcp, tls, allowed_host=client.peer_host)
@@ -397,7 +394,7 @@ async def start_capture(
         )
         try:
             await client.start_capture(request)
-            await _with_timeout(reactor, tcp.connected_deferred, connect_timeout)
+            await tcp.connected_deferred.addTimeout(connect_timeout, reactor)
         finally:
             port.stopListening()
         return RemoteCapture(client, settings, opened.linktype, tcp)
@@ -408,12 +405,8 @@ async def start_capture(
 
     endpoint = HostnameEndpoint(reactor, client.peer_host, reply.portdata, timeout=connect_timeout)
     await endpoint.connect(SingleProtocolFactory(tcp, tls))
-    await _with_timeout(reactor, tcp.connected_deferred, connect_timeout)
+    await tcp.connected_deferred.addTimeout(connect_timeout, reactor)
     return RemoteCapture(client, settings, opened.linktype, tcp)
-
-
-def _with_timeout(reactor: Any, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
-    return d.addTimeout(seconds, reactor)
 
 
 __all__ = [

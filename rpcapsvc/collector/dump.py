@@ -305,6 +305,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
     poller.clock = reactor
     poller.start(2.0, now=False)
     client.disconnected.addCallback(lambda _: dump.stop())
+    if capture.data_lost is not None:
+        capture.data_lost.addCallback(lambda _: dump.stop())  # the daemon ended the capture
     if args.duration:
         reactor.callLater(args.duration, dump.stop)
 

@@ -124,6 +124,13 @@ class DaemonSession:
         self._ticker.clock = self.collector.reactor
         self._ticker.start(settings.stats_interval, now=False)
         self.client.disconnected.addCallback(lambda _: self.finish())
+        if self.capture.data_lost is not None:
+            self.capture.data_lost.addCallback(lambda _: self._data_lost())
+
+    def _data_lost(self) -> None:
+        if self.files is not None:  # not our own doing: hang up, and the daemon reconnects
+            self.log.warn("Daemon {host}: data connection lost; ending the session", host=self.host)
+            self.client.close()
 
     def on_packets(self, packets: list[CapturedPacket]) -> None:
         self.packets += len(packets)

@@ -349,3 +349,23 @@ class UdpStrDecoder:
                 self._need = PKTHDR_SIZE + caplen
                 return
             self._deliver(CapturedPacket(sec, usec, caplen, length, npkt, datagram[data_start:position]), out)
+
+
+def packets_touched(datagram: bytes) -> int:
+    """
+    How many packets lose bytes when C{datagram} is lost: those whose header
+    begins in it, and the one continued into it, if any.  The sender counts
+    with this when the kernel refuses a datagram.
+    """
+    if len(datagram) < UDPSTR_HEADER_SIZE:
+        return 0
+    _, _, first, _ = UDPSTR_HEADER.unpack_from(datagram)
+    if first == NO_FIRST_HEADER:
+        return 1  # all of it is the middle of one packet
+    count = 1 if first > UDPSTR_HEADER_SIZE else 0
+    position = first
+    while position + PKTHDR_SIZE <= len(datagram):
+        count += 1
+        _, _, caplen, _, _ = PKTHDR.unpack_from(datagram, position)
+        position += PKTHDR_SIZE + caplen
+    return count

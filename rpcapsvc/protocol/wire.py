@@ -3,7 +3,7 @@ RPCAP wire format: constants, message classes and their byte encodings.
 
 Pure data and bytes, no I/O.  Every control message is an 8-byte header
 (``ver, type, value, plen``, network byte order) followed by ``plen`` bytes of
-payload; see ``docs/protocol.md`` and ``../shared/notes/rpcap-protocol.md``.
+payload; see ``docs/protocol.md``.
 Both directions are modelled so that the daemon and a collector share one
 codec.  Decoders raise L{MalformedMessage} when a payload cannot be read; the
 session turns that into an RPCAP error reply.
@@ -15,7 +15,6 @@ import enum
 import ipaddress
 import socket
 import struct
-import sys
 from typing import ClassVar, Optional, Union
 
 import attrs
@@ -185,17 +184,6 @@ class BpfProgram:
     @classmethod
     def from_tuples(cls, insns: "list[tuple[int, int, int, int]]") -> BpfProgram:
         return cls(tuple(BpfInstruction(*i) for i in insns))
-
-
-def filter_block_size(data: bytes, offset: int) -> Optional[int]:
-    """
-    The size a filter block starting at C{offset} claims, from its header, or
-    C{None} when fewer than 8 bytes of header are there.
-    """
-    if len(data) - offset < FILTER_HEADER.size:
-        return None
-    _, _, nitems = FILTER_HEADER.unpack_from(data, offset)
-    return FILTER_HEADER.size + nitems * BPF_INSN.size
 
 
 def decode_filter_block(data: bytes, offset: int = 0) -> Optional[BpfProgram]:
@@ -660,6 +648,3 @@ def decode_message(header: Header, payload: bytes) -> Message:
     if cls is None:
         return UnknownMessage(header.type, header.value, payload)
     return cls.decode(header, payload)
-
-
-NATIVE_BYTE_ORDER = sys.byteorder

@@ -50,7 +50,7 @@ def parse_active_target(reactor: Any, spec: str) -> IStreamClientEndpoint:
     try:
         return clientFromString(reactor, spec)
     except ValueError:
-        raise
+        raise  # already says what is wrong
     except Exception as e:  # e.g. TypeError for "tcp:HOST" without a port
         raise ValueError(f"bad collector endpoint {spec!r}: {e}") from e
 

@@ -127,6 +127,11 @@ class RpcapServerProtocol(protocol.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            # A registered producer keeps a TLS connection open: let go first.
+            try:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            except RuntimeError:
+                pass  # none was registered (refused before the session began)
             self.transport.loseConnection()
 
     def pause_reading(self) -> None:

@@ -3,8 +3,9 @@ Data channels: where a session's captured packets go.
 
 A sink takes whole L{PacketBatch}es from the capture reader and writes each
 as few times as it can: one C{write} per batch over TCP, one datagram per
-packet over classic UDP.  L{DataChannels} opens sinks with a reactor; the
-session only sees L{IPacketSink}.
+packet over classic UDP, MTU-sized datagrams packed with many packets over
+udpstr (ExtraHop's format, C{--udp-mtu}).  L{DataChannels} opens sinks with a
+reactor; the session only sees L{IPacketSink}.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from zope.interface import Attribute, Interface, implementer
 
 from ..connections import SingleProtocolFactory, TlsSettings
 from ..protocol.datachannel import PacketBatch, encode_packet_messages, encode_packet_stream
-from ..protocol.udpstr import UdpStrFramer
+from ..protocol.udpstr import UdpStrFramer, packets_touched
 
 
 class IPacketSink(Interface):
     """The sending end of a data channel."""
 
     sent = Attribute("Packets handed to the channel.")
-    dropped = Attribute("Packets the channel could not send (UDP only).")
+    dropped = Attribute(
+        "Packets the channel could not send whole (UDP only; with udpstr, those in refused datagrams)."
+    )
 
     def write_batch(batch: PacketBatch) -> None:
         """Frame and send a batch."""
@@ -184,7 +187,8 @@ class UdpStrPacketSink(UdpPacketSink):
     ExtraHop's udpstr framing: packets packed into datagrams of at most
     C{mtu} bytes.  A partly filled datagram goes out when the capture has been
     quiet for the read timeout, so a trickle of packets is not held back.
-    C{dropped} counts datagrams the kernel would not take.
+    C{dropped} counts the packets that lost bytes in datagrams the kernel
+    would not take.
     """
 
     def __init__(self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float) -> None:
@@ -195,6 +199,7 @@ class UdpStrPacketSink(UdpPacketSink):
         self._flush_after = flush_after
         self._flush_call: Optional[IDelayedCall] = None
         self._npkt = 1
+        self._last_datagram = b""
 
     def write_batch(self, batch: PacketBatch) -> None:
         datagrams = self.framer.pack_batch(batch, self.snaplen, self._npkt)
@@ -206,10 +211,11 @@ class UdpStrPacketSink(UdpPacketSink):
             self._flush_call = self._clock.callLater(self._flush_after, self.flush)
 
     def _send_datagram(self, datagram: bytes) -> None:
+        self._last_datagram = datagram
         if self._send(datagram):
             self.datagrams += 1
         else:
-            self.dropped += 1
+            self.dropped += packets_touched(datagram)
 
     def flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
@@ -220,7 +226,8 @@ class UdpStrPacketSink(UdpPacketSink):
             self._send_datagram(datagram)
 
     def connectionRefused(self) -> None:
-        self.dropped += 1
+        # Twisted reports the refusal from inside the send of this datagram.
+        self.dropped += packets_touched(self._last_datagram)
         self.datagrams -= 1
 
     def close(self) -> None:
@@ -311,12 +318,16 @@ class DataChannels:
             sink = UdpPacketSink(snaplen)
         interface = "::" if ":" in host else ""
         udp_port = self._reactor.listenUDP(0, sink, interface=interface)  # type: ignore[attr-defined]
-        # Nothing is read from a data channel.  A port left reading that gets
-        # an ICMP "port unreachable" is reported by epoll as an error and
-        # closed by the reactor; not reading, the error comes back from the
-        # next send as ECONNREFUSED, and that datagram is counted lost.
-        udp_port.stopReading()
-        if self.udp_sndbuf:
-            set_send_buffer(udp_port.socket, self.udp_sndbuf)
-        udp_port.connect(host, port)
+        try:
+            # Nothing is read from a data channel.  A port left reading that gets
+            # an ICMP "port unreachable" is reported by epoll as an error and
+            # closed by the reactor; not reading, the error comes back from the
+            # next send as ECONNREFUSED, and that datagram is counted lost.
+            udp_port.stopReading()
+            if self.udp_sndbuf:
+                set_send_buffer(udp_port.socket, self.udp_sndbuf)
+            udp_port.connect(host, port)
+        except Exception:
+            udp_port.stopListening()
+            raise
         return udp_port.getHost().port, sink

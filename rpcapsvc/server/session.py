@@ -177,8 +177,12 @@ class ForwardedTraffic:
     def __init__(self) -> None:
         self._clauses: dict[ServerSession, str] = {}
 
-    def expression(self) -> str:
-        return " or ".join(f"({c})" for c in self._clauses.values())
+    def expression(self, including: Optional[tuple[ServerSession, str]] = None) -> str:
+        """Every session's clause; C{including} puts in (or replaces) one session's."""
+        clauses = dict(self._clauses)
+        if including is not None:
+            clauses[including[0]] = including[1]
+        return " or ".join(f"({c})" for c in clauses.values())
 
     def set(self, session: ServerSession, clause: str) -> None:
         if self._clauses.get(session) != clause:
@@ -297,7 +301,12 @@ class ServerSession:
                         self._yield_call = self.reactor.callLater(0, self._after_yield)
                     break
                 request = self._queue.popleft()
-                result = self._dispatch(request)
+                try:
+                    result = self._dispatch(request)
+                except Exception:
+                    # A fault of ours: answer it, keep the session and the reactor going.
+                    self._internal_error(Failure())
+                    result = None
                 # Opening or closing a capture blocks for tens of milliseconds: two are a turn's worth.
                 handled += REQUESTS_PER_TURN // 2 if request.header.type in _SLOW_REQUESTS else 1
                 if isinstance(result, defer.Deferred):
@@ -562,6 +571,8 @@ class ServerSession:
                     self._sink_ready(capture, sink)
 
                 def failed(f: Failure) -> None:
+                    if f.check(defer.CancelledError) or self._capture is not capture:
+                        return  # the session or capture ended first: nothing to report
                     self._end_capture()
                     self._error(
                         ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {f.getErrorMessage()}"
@@ -614,9 +625,10 @@ class ServerSession:
         """
         capture.data_channel = data_channel
         capture.own_traffic = self._own_traffic_expression(data_channel)
+        self._apply_filter(capture)
+        # Only a filter in place makes the traffic ours to announce to the others.
         if self.policy.exclude_own_traffic and capture.own_traffic:
             self.forwarded.set(self, capture.own_traffic)
-        self._apply_filter(capture)
 
     def _apply_filter(self, capture: _Capture) -> None:
         program = capture.client_program
@@ -624,7 +636,8 @@ class ServerSession:
             unwanted = None
             # Everything every session forwards; failing that (a link type
             # without IP, a program over the kernel's limit), our own.
-            for expression in dict.fromkeys((self.forwarded.expression(), capture.own_traffic)):
+            everything = self.forwarded.expression(including=(self, capture.own_traffic))
+            for expression in dict.fromkeys((everything, capture.own_traffic)):
                 try:
                     unwanted = compile_filter(expression, capture.handle.linktype)
                 except ValueError:
@@ -717,12 +730,18 @@ class ServerSession:
             self._error(ErrorCode.UPDATEFILTER, "no capture is running")
             return
         program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
+        capture = self._capture
         try:
             bpf.validate(program)
-            self._capture.client_program = program
-            self._place_filter(self._capture, self._capture.data_channel)
-        except (bpf.InvalidFilter, CaptureError) as e:
+        except bpf.InvalidFilter as e:
             self._error(ErrorCode.UPDATEFILTER, f"invalid filter: {e}")
+            return
+        previous, capture.client_program = capture.client_program, program
+        try:
+            self._place_filter(capture, capture.data_channel)
+        except CaptureError as e:
+            capture.client_program = previous  # the old filter is still the one in place
+            self._error(ErrorCode.UPDATEFILTER, f"cannot place the filter: {e}")
             return
         self.channel.send_message(UpdateFilterReply())
 

@@ -21,6 +21,7 @@ from rpcapsvc.protocol.udpstr import (
     UdpStrDecoder,
     UdpStrFramer,
     is_udpstr_datagram,
+    packets_touched,
 )
 
 from ._fixtures import FRAME_A, FRAME_B, PACKETS, PKTHDR_A, PKTHDR_B, Packet, captured, h
@@ -606,3 +607,5 @@ class FramingPropertyTests(SynchronousTestCase):
         last_seen = max((p.npkt for p in packets), default=0)
         self.assertEqual(decoder.lost_packets, len([n for n in lost if n < last_seen]))
         self.assertEqual((decoder.stale_datagrams, decoder.malformed), (0, 0))
+        # What the sender counts as dropped when the kernel refuses that datagram.
+        self.assertEqual(packets_touched(datagrams[dropped]), len(lost))
