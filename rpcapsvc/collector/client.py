@@ -26,13 +26,10 @@ from twisted.python.failure import Failure
 
 from ..capture.compiler import compile_filter
 from ..connections import SingleProtocolFactory, tls_settings_of
-from ..protocol import bpf
-from ..protocol.datachannel import PKTHDR_SIZE, CapturedPacket, decode_packet_payload
+from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder, PacketStreamParser
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
 from ..protocol.udpstr import UdpStrDecoder, is_udpstr_datagram
 from ..protocol.wire import (
-    HEADER,
-    HEADER_SIZE,
     AuthReply,
     AuthRequest,
     AuthType,
@@ -58,7 +55,6 @@ from ..protocol.wire import (
 )
 
 PacketCallback = Callable[[list[CapturedPacket]], None]
-MAX_PACKET_MESSAGE = HEADER_SIZE + PKTHDR_SIZE + bpf.MAXIMUM_SNAPLEN
 
 
 class RpcapClientProtocol(protocol.Protocol):
@@ -199,37 +195,25 @@ class TcpPacketReceiver(protocol.Protocol):
 
     def __init__(self, on_packets: PacketCallback) -> None:
         self.on_packets = on_packets
-        self._buffer = bytearray()
+        self.parser = PacketStreamParser()
         self.connected_deferred: defer.Deferred[TcpPacketReceiver] = defer.Deferred()
         self.lost: defer.Deferred[None] = defer.Deferred()
-        self.loss = LossCounters()
         self.error: Optional[str] = None
+
+    @property
+    def loss(self) -> LossCounters:
+        return LossCounters(malformed=self.parser.malformed)
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        buf = self._buffer
-        offset = 0
-        packets = []
-        while len(buf) - offset >= HEADER_SIZE:
-            _, mtype, _, plen = HEADER.unpack_from(buf, offset)
-            if mtype != MessageType.PACKET or plen > MAX_PACKET_MESSAGE:
-                self.error = f"unexpected message (type {mtype}, {plen} bytes) on the data channel"
-                self.transport.loseConnection()  # type: ignore[union-attr]
-                break
-            end = offset + HEADER_SIZE + plen
-            if len(buf) < end:
-                break
-            try:
-                packets.append(decode_packet_payload(bytes(buf[offset + HEADER_SIZE : end])))
-            except MalformedMessage:
-                self.loss.malformed += 1
-            offset = end
-        del buf[:offset]
+        packets = self.parser.feed(data)
         if packets:
             self.on_packets(packets)
+        if self.parser.error is not None and self.error is None:
+            self.error = self.parser.error
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.lost.callback(None)
@@ -247,43 +231,25 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
         self.on_packets = on_packets
         self.allowed_host = allowed_host
         self.udpstr = UdpStrDecoder()
-        self.classic_loss = LossCounters()
-        self._next_npkt = 1
+        self.classic = ClassicDatagramDecoder()
         self.datagrams = 0
 
     @property
     def loss(self) -> LossCounters:
         return LossCounters(
-            self.classic_loss.lost_packets + self.udpstr.lost_packets,
+            self.classic.lost_packets + self.udpstr.lost_packets,
             self.udpstr.lost_datagrams,
-            self.classic_loss.malformed + self.udpstr.malformed,
+            self.classic.malformed + self.udpstr.malformed,
         )
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if self.allowed_host is not None and addr[0] != self.allowed_host:
             return  # not from the daemon we are capturing from
         self.datagrams += 1
-        if is_udpstr_datagram(datagram):
-            packets = self.udpstr.feed(datagram)
-        else:
-            packets = self._classic(datagram)
+        decoder = self.udpstr if is_udpstr_datagram(datagram) else self.classic
+        packets = decoder.feed(datagram)
         if packets:
             self.on_packets(packets)
-
-    def _classic(self, datagram: bytes) -> list[CapturedPacket]:
-        if len(datagram) < HEADER_SIZE or datagram[1] != MessageType.PACKET:
-            self.classic_loss.malformed += 1
-            return []
-        try:
-            packet = decode_packet_payload(datagram[HEADER_SIZE:])
-        except MalformedMessage:
-            self.classic_loss.malformed += 1
-            return []
-        if packet.npkt > self._next_npkt:
-            self.classic_loss.lost_packets += packet.npkt - self._next_npkt
-        if packet.npkt >= self._next_npkt:
-            self._next_npkt = packet.npkt + 1
-        return [packet]
 
 
 # --- a whole capture ---------------------------------------------------------------

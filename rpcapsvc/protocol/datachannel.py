@@ -11,7 +11,7 @@ slice.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from typing import Iterator, Optional
 
 import attrs
 
@@ -149,3 +149,74 @@ def iter_packet_messages(stream: bytes) -> Iterator[CapturedPacket]:
             raise MalformedMessage(f"unexpected message type {mtype} on data channel")
         yield decode_packet_payload(stream[offset + HEADER_SIZE : offset + HEADER_SIZE + plen])
         offset += HEADER_SIZE + plen
+
+
+MAX_PACKET_MESSAGE = HEADER_SIZE + PKTHDR_SIZE + 262144  # bpf.MAXIMUM_SNAPLEN
+"""The largest type-7 message a daemon sends (a whole 256 KiB frame)."""
+
+
+class PacketStreamParser:
+    """
+    Frames the type-7 messages of a TCP data channel as they arrive,
+    buffering at most one message.  Anything else on the channel, or a
+    message larger than any frame, sets C{error}: the stream cannot be
+    followed past it, and the parser takes nothing more.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.malformed = 0
+        """Packet messages whose payload did not decode (skipped)."""
+        self.error: Optional[str] = None
+
+    def feed(self, data: bytes) -> list[CapturedPacket]:
+        """The packets C{data} completes (those before any error included)."""
+        if self.error is not None:
+            return []
+        buf = self._buffer
+        buf += data
+        offset = 0
+        packets: list[CapturedPacket] = []
+        while len(buf) - offset >= HEADER_SIZE:
+            _, mtype, _, plen = struct.unpack_from("!BBHI", buf, offset)
+            if mtype != MessageType.PACKET or plen > MAX_PACKET_MESSAGE:
+                self.error = f"unexpected message (type {mtype}, {plen} bytes) on the data channel"
+                buf.clear()
+                return packets
+            end = offset + HEADER_SIZE + plen
+            if len(buf) < end:
+                break
+            try:
+                packets.append(decode_packet_payload(bytes(buf[offset + HEADER_SIZE : end])))
+            except MalformedMessage:
+                self.malformed += 1
+            offset = end
+        del buf[:offset]
+        return packets
+
+
+class ClassicDatagramDecoder:
+    """
+    Decodes classic UDP data datagrams (one type-7 message each) and counts
+    the packets lost in transit from the gaps in their numbers (u32, wrapping).
+    """
+
+    def __init__(self) -> None:
+        self.lost_packets = 0
+        self.malformed = 0
+        self._next_npkt = 1
+
+    def feed(self, datagram: bytes) -> list[CapturedPacket]:
+        if len(datagram) < HEADER_SIZE or datagram[1] != MessageType.PACKET:
+            self.malformed += 1
+            return []
+        try:
+            packet = decode_packet_payload(datagram[HEADER_SIZE:])
+        except MalformedMessage:
+            self.malformed += 1
+            return []
+        ahead = (packet.npkt - self._next_npkt) & _U32
+        if ahead < 1 << 31:  # this one or a later one: the ones between are lost
+            self.lost_packets += ahead
+            self._next_npkt = (packet.npkt + 1) & _U32
+        return [packet]

@@ -14,6 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rpcapsvc.protocol.datachannel import (
     CapturedPacket,
+    ClassicDatagramDecoder,
+    PacketStreamParser,
     PacketBatch,
     decode_packet_payload,
     encode_packet_messages,
@@ -184,3 +186,60 @@ class RoundTripTests(SynchronousTestCase):
             offset += 20 + packet.caplen
         self.assertEqual(offset, len(stream))
         self.assertEqual(decoded, captured(packets, snaplen, first_npkt))
+
+
+class PacketStreamParserTests(SynchronousTestCase):
+    @given(packet_lists, st.lists(st.integers(1, 64), max_size=20))
+    def test_any_split_gives_every_packet_once(self, packets, cuts: list[int]) -> None:
+        stream = encode_packet_stream(PacketBatch.from_packets(packets), 262144, 1)
+        parser = PacketStreamParser()
+        got = []
+        offset = 0
+        for cut in cuts + [len(stream)]:
+            got += parser.feed(stream[offset : offset + cut])
+            offset += cut
+        got += parser.feed(stream[offset:])
+        self.assertEqual(got, captured(packets))
+        self.assertIsNone(parser.error)
+
+    def test_another_message_type_ends_the_stream(self) -> None:
+        good = encode_packet_stream(PacketBatch.from_packets([(1, 0, b"abc")]), 262144, 1)
+        parser = PacketStreamParser()
+        self.assertEqual(len(parser.feed(good + h("00 02 0000 00000000") + good)), 1)
+        self.assertIn("type 2", parser.error or "")
+        self.assertEqual(parser.feed(good), [])
+
+    def test_oversized_message_is_refused_at_its_header(self) -> None:
+        parser = PacketStreamParser()
+        self.assertEqual(parser.feed(h("00 07 0000 7fffffff")), [])
+        self.assertIsNotNone(parser.error)
+
+
+class ClassicDatagramDecoderTests(SynchronousTestCase):
+    def datagram(self, npkt: int) -> bytes:
+        return encode_packet_messages(PacketBatch.from_packets([(1, 0, b"x")]), 262144, npkt)[0]
+
+    def test_gaps_are_counted(self) -> None:
+        decoder = ClassicDatagramDecoder()
+        for n in (1, 2, 5, 6, 9):
+            self.assertEqual([p.npkt for p in decoder.feed(self.datagram(n))], [n])
+        self.assertEqual(decoder.lost_packets, 4)
+
+    def test_late_datagram_is_not_a_loss(self) -> None:
+        decoder = ClassicDatagramDecoder()
+        for n in (1, 3, 2, 4):
+            decoder.feed(self.datagram(n))
+        self.assertEqual(decoder.lost_packets, 1)
+
+    def test_numbers_wrap(self) -> None:
+        decoder = ClassicDatagramDecoder()
+        # Two jumps forward (each under half the number space) bring it near the wrap.
+        for n in (1, 2**31 - 1, 2**32 - 2, 2**32 - 1, 1, 2):  # 0 is skipped: lost
+            decoder.feed(self.datagram(n))
+        self.assertEqual(decoder.lost_packets, (2**31 - 3) + (2**31 - 2) + 1)
+
+    def test_garbage_is_counted_not_raised(self) -> None:
+        decoder = ClassicDatagramDecoder()
+        self.assertEqual(decoder.feed(b"\x00\x6e" + bytes(20)), [])
+        self.assertEqual(decoder.feed(b"\x00\x07\x00\x00\x00\x00\x00\x05ab"), [])
+        self.assertEqual(decoder.malformed, 2)
