@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from rpcapsvc.protocol.datachannel import (
     CapturedPacket,
     ClassicDatagramDecoder,
-    PacketStreamParser,
     PacketBatch,
+    PacketStreamParser,
     decode_packet_payload,
     encode_packet_messages,
     encode_packet_records,
