@@ -133,7 +133,14 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
         self._lost(f"data connection closed: {reason.getErrorMessage()}")
 
 
-_TRANSIENT_SEND_ERRORS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED}
+_TRANSIENT_SEND_ERRORS = {
+    errno.EAGAIN,
+    errno.EWOULDBLOCK,
+    errno.ENOBUFS,
+    errno.ECONNREFUSED,
+    errno.EMSGSIZE,
+    errno.EINTR,
+}
 
 
 @implementer(IPacketSink)
@@ -147,9 +154,15 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
     log = Logger()
     noisy = False
 
+    def _sender(self) -> Callable[[bytes], object]:
+        # The port's own socket, straight: Twisted's write() adds a Python
+        # layer per datagram to the one system call that is the whole job.
+        sock = getattr(self.transport, "socket", None)
+        return sock.send if sock is not None else self.transport.write  # type: ignore[union-attr,return-value]
+
     def _send(self, datagram: bytes) -> bool:
         try:
-            self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
+            self._sender()(datagram)
         except MessageLengthError:
             return False
         except OSError as e:
@@ -159,13 +172,21 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         return True
 
     def write_batch(self, batch: PacketBatch) -> None:
-        send = self._send
-        first = self.sent + self.dropped + 1
-        for message in encode_packet_messages(batch, self.snaplen, first):
-            if send(message):
-                self.sent += 1
-            else:
-                self.dropped += 1
+        send = self._sender()
+        messages = encode_packet_messages(batch, self.snaplen, self.sent + self.dropped + 1)
+        sent = 0
+        for message in messages:
+            try:
+                send(message)
+            except MessageLengthError:
+                continue
+            except OSError as e:
+                if e.errno not in _TRANSIENT_SEND_ERRORS:
+                    raise
+                continue
+            sent += 1
+        self.sent += sent
+        self.dropped += len(messages) - sent
 
     def connectionRefused(self) -> None:
         """The collector has no socket there (yet): the datagram is lost."""
