@@ -72,6 +72,7 @@ class DaemonSession:
         self.host = _unmapped(client.peer_host)
         self.capture: Optional[RemoteCapture] = None
         self.files: Optional[RotatingCaptureFiles] = None
+        self.prefix: Optional[str] = None
         self.interface_id = 0
         self.packets = 0
         self.drops = 0
@@ -96,7 +97,8 @@ class DaemonSession:
             )
             # Only now: a daemon that is refused (and retries) leaves no empty files.
             # No packet can arrive before the reactor runs again.
-            prefix = f"{_safe(self.host)}_{_safe(wanted)}"
+            prefix = self.collector.claim_prefix(f"{_safe(self.host)}_{_safe(wanted)}")
+            self.prefix = prefix
             self.files = RotatingCaptureFiles(
                 settings.directory,
                 prefix,
@@ -179,6 +181,9 @@ class DaemonSession:
             )
             self.files = None
         self.collector.sessions.discard(self)
+        if self.prefix is not None:
+            self.collector.prefixes.discard(self.prefix)
+            self.prefix = None
 
 
 class CollectorService(MultiService):
@@ -192,12 +197,27 @@ class CollectorService(MultiService):
         self.settings = settings
         self.sessions: set[DaemonSession] = set()
         self._histories: dict[str, FileHistory] = {}
+        self.prefixes: set[str] = set()
+        """File-name prefixes of the sessions writing now."""
         os.makedirs(settings.directory, exist_ok=True)
         factory = RpcapClientFactory(self._daemon_connected)
         for description in listen:
             listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
+
+    def claim_prefix(self, base: str) -> str:
+        """
+        The file-name prefix for a new session: C{base}, or C{base-2},
+        C{base-3}... while other sessions of the same daemon and interface
+        are writing, so that each series of files can be told apart.
+        """
+        prefix, n = base, 1
+        while prefix in self.prefixes:
+            n += 1
+            prefix = f"{base}-{n}"
+        self.prefixes.add(prefix)
+        return prefix
 
     def history(self, prefix: str) -> FileHistory:
         """The file series of one daemon and interface, kept across its reconnections."""

@@ -268,6 +268,24 @@ class DaemonSessionTests(SynchronousTestCase):
         self.assertIn("Daemon 192.0.2.20 connected", log)
         self.assertIn(f"Daemon 192.0.2.20: capturing eth0 into {collector.directory}", log)
 
+    def test_concurrent_sessions_of_one_daemon_and_interface_get_their_own_series(self) -> None:
+        """
+        Two sessions from the same host on the same interface write series
+        that can be told apart; the name is free again once a session ends.
+        """
+        collector = Collector(self, interface="eth0")
+        _, first, _, _ = collector.capturing()
+        _, second, _, _ = collector.capturing()
+        names = sorted(collector.files())
+        self.assertEqual(len(names), 2)
+        self.assertRegex(names[0], rf"^192\.0\.2\.20_eth0-2_{STAMP}_00001\.pcapng$")
+        self.assertRegex(names[1], rf"^192\.0\.2\.20_eth0_{STAMP}_00001\.pcapng$")
+        first.client.close()
+        first.finish()
+        _, third, _, _ = collector.capturing()
+        self.assertEqual(third.prefix, "192.0.2.20_eth0")
+        self.assertEqual(second.prefix, "192.0.2.20_eth0-2")
+
     def test_ipv6_daemon(self) -> None:
         """An IPv6 daemon's colons do not reach the file name."""
         collector = Collector(self, interface="eth0")
