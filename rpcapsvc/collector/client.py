@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from ..capture.compiler import compile_filter
 from ..connections import SingleProtocolFactory, tls_settings_of
+from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder, PacketStreamParser
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
 from ..protocol.udpstr import UdpStrDecoder, is_udpstr_datagram
@@ -258,7 +259,7 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
 @attrs.define
 class CaptureSettings:
     device: str
-    snaplen: int = 262144
+    snaplen: int = MAXIMUM_SNAPLEN
     promiscuous: bool = True
     read_timeout_ms: int = 100
     filter: str = ""
@@ -329,18 +330,17 @@ async def start_capture(
     program = compile_filter(settings.filter, opened.linktype, settings.snaplen)
     flags = StartCapFlags.PROMISC if settings.promiscuous else StartCapFlags(0)
     local = client.local_host
+
+    def request(data_flags: StartCapFlags, portdata: int) -> StartCaptureRequest:
+        return StartCaptureRequest(
+            settings.snaplen, settings.read_timeout_ms, flags | data_flags, portdata, program
+        )
+
     if settings.udp:
         dgram = DatagramPacketReceiver(on_packets, allowed_host=client.peer_host)
         port = reactor.listenUDP(0, dgram, interface=local, maxPacketSize=65535)
-        request = StartCaptureRequest(
-            settings.snaplen,
-            settings.read_timeout_ms,
-            flags | StartCapFlags.DGRAM,
-            port.getHost().port,
-            program,
-        )
         try:
-            await client.start_capture(request)
+            await client.start_capture(request(StartCapFlags.DGRAM, port.getHost().port))
         except Exception:
             port.stopListening()
             raise
@@ -351,22 +351,14 @@ async def start_capture(
     if active:
         factory = SingleProtocolFactory(tcp, tls, allowed_host=client.peer_host)
         port = reactor.listenTCP(0, factory, backlog=1, interface=local)
-        request = StartCaptureRequest(
-            settings.snaplen,
-            settings.read_timeout_ms,
-            flags | StartCapFlags.SERVEROPEN,
-            port.getHost().port,
-            program,
-        )
         try:
-            await client.start_capture(request)
+            await client.start_capture(request(StartCapFlags.SERVEROPEN, port.getHost().port))
             await tcp.connected_deferred.addTimeout(connect_timeout, reactor)
         finally:
             port.stopListening()
         return RemoteCapture(client, settings, opened.linktype, tcp)
 
-    request = StartCaptureRequest(settings.snaplen, settings.read_timeout_ms, flags, 0, program)
-    reply = await client.start_capture(request)
+    reply = await client.start_capture(request(StartCapFlags(0), 0))
     from twisted.internet.endpoints import HostnameEndpoint
 
     endpoint = HostnameEndpoint(reactor, client.peer_host, reply.portdata, timeout=connect_timeout)

@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, serverFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
 from ..protocol.wire import InterfaceFlags, RemoteError, RpcapError
 from .client import (
@@ -79,7 +80,7 @@ def _snaplen(text: str) -> int:
     # 0 as for tcpdump -s 0: a BPF program returning 0 would drop every packet.
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid snaplen {text!r}")
-    return int(text) or 262144
+    return int(text) or MAXIMUM_SNAPLEN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--count", type=_count, help="stop after COUNT packets")
     p.add_argument("-f", "--filter", help="capture filter (same as the trailing expression)")
     p.add_argument(
-        "-s", "--snaplen", type=_snaplen, default=262144, help="bytes to keep of each packet (0: 262144)"
+        "-s",
+        "--snaplen",
+        type=_snaplen,
+        default=MAXIMUM_SNAPLEN,
+        help="bytes to keep of each packet (0: 262144)",
     )
     p.add_argument(
         "-p", "--no-promisc", action="store_true", help="do not put the interface in promiscuous mode"
@@ -219,7 +224,7 @@ class Dump:
             stats = await self.capture.stats()
         except Exception:
             return
-        self.drops = stats.ifdrop + stats.krnldrop
+        self.drops = stats.dropped
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> int:
@@ -326,7 +331,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
             status.write(b"\n")
         drops = dump.drops
         if stats is not None:
-            drops = stats.ifdrop + stats.krnldrop
+            drops = stats.dropped
             if out is not None:
                 out.set_stats(dump.interface_id, stats.ifrecv, stats.krnldrop, stats.ifdrop)
         if out is not None:

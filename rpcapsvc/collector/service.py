@@ -24,6 +24,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
 from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapClientProtocol, start_capture
 from .files import FileHistory, RotatingCaptureFiles
@@ -37,7 +38,7 @@ class CollectorSettings:
     interface: Optional[str] = None
     host_interfaces: dict[str, str] = attrs.field(factory=dict)
     filter: str = ""
-    snaplen: int = 262144
+    snaplen: int = MAXIMUM_SNAPLEN
     udp: bool = False
     format: str = "pcapng"
     rotate_bytes: Optional[int] = None
@@ -152,7 +153,7 @@ class DaemonSession:
             stats = await self.capture.stats()
         except Exception:
             return
-        self.drops = stats.ifdrop + stats.krnldrop
+        self.drops = stats.dropped
         if self.files is not None:
             self.files.set_stats(self.interface_id, stats.ifrecv, stats.krnldrop, stats.ifdrop)
         loss = self.capture.loss

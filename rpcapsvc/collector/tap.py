@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from ..protocol.bpf import MAXIMUM_SNAPLEN
 from .files import FORMATS
 from .service import DEFAULT_LISTEN, CollectorService, CollectorSettings
 
@@ -27,7 +28,7 @@ class Options(usage.Options):
             "Interface to capture on every daemon (default: its first, or preselected, one).",
         ],
         ["filter", "f", "", "Capture filter (pcap syntax), compiled here."],
-        ["snaplen", "s", 262144, "Bytes to keep of each packet.", int],
+        ["snaplen", "s", MAXIMUM_SNAPLEN, "Bytes to keep of each packet.", int],
         ["format", None, "pcapng", "pcapng or pcap."],
         ["rotate-size", None, None, "Start a new file after this many megabytes.", float],
         ["rotate-seconds", None, None, "Start a new file after this many seconds.", float],
@@ -69,7 +70,7 @@ class Options(usage.Options):
         if self["snaplen"] < 0:
             raise usage.UsageError("--snaplen must not be negative")
         # 0 as for tcpdump -s 0: a BPF program returning 0 would drop every packet.
-        self["snaplen"] = self["snaplen"] or 262144
+        self["snaplen"] = self["snaplen"] or MAXIMUM_SNAPLEN
         if self["format"] not in FORMATS:
             raise usage.UsageError(f"--format must be one of {', '.join(FORMATS)}")
         for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):

@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 import attrs
 
+from .bpf import MAXIMUM_SNAPLEN
 from .wire import HEADER_SIZE, PROTOCOL_VERSION, MalformedMessage, MessageType
 
 PKTHDR = struct.Struct("!IIIII")
@@ -151,7 +152,7 @@ def iter_packet_messages(stream: bytes) -> Iterator[CapturedPacket]:
         offset += HEADER_SIZE + plen
 
 
-MAX_PACKET_MESSAGE = HEADER_SIZE + PKTHDR_SIZE + 262144  # bpf.MAXIMUM_SNAPLEN
+MAX_PACKET_MESSAGE = HEADER_SIZE + PKTHDR_SIZE + MAXIMUM_SNAPLEN
 """The largest type-7 message a daemon sends (a whole 256 KiB frame)."""
 
 

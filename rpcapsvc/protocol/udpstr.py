@@ -39,6 +39,7 @@ from typing import Optional
 
 import attrs
 
+from .bpf import MAXIMUM_SNAPLEN
 from .datachannel import (
     BATCH_RECORD,
     PKTHDR,
@@ -66,7 +67,7 @@ of 36 or less even an empty one counts as full and the fork's loop never
 ends; 64 leaves room for a header, a packet header and a few bytes more, and
 anything smaller is a configuration mistake rather than a network's MTU.
 """
-MAX_CAPLEN = 262144
+MAX_CAPLEN = MAXIMUM_SNAPLEN
 """libpcap's largest snapshot length; a longer caplen marks a corrupt datagram."""
 
 _SEND_MARGIN = UDPSTR_HEADER_SIZE + PKTHDR_SIZE  # 28: the fork's "room for one more header"

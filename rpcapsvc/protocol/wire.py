@@ -554,6 +554,11 @@ class StatsReply(Message):
     krnldrop: int
     svrcapt: int
 
+    @property
+    def dropped(self) -> int:
+        """Every packet the daemon's side lost: at the interface and in its kernel (or its UDP sends)."""
+        return self.ifdrop + self.krnldrop
+
     def payload(self) -> bytes:
         m = 0xFFFFFFFF
         return _STATS.pack(self.ifrecv & m, self.ifdrop & m, self.krnldrop & m, self.svrcapt & m)
