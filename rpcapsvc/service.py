@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from .capture.system import ICaptureSystem, PcapySystem
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
-from .server.active import collector_service
+from .server.active import ReconnectPolicy, collector_service
 from .server.control import RpcapServerFactory
 from .server.datachannel import DataChannels
 from .server.session import ForwardedTraffic, Network, SessionPolicy
@@ -147,8 +147,11 @@ class RpcapdService(MultiService):
                 interface_address=target.ifaddr,
                 sessions=self.sessions,
                 forwarded=self.forwarded,
+                reconnect=ReconnectPolicy(target.describe()),
             )
-            service = collector_service(self.reactor, target.endpoint, factory, target.describe())
+            service = collector_service(
+                self.reactor, target.endpoint, factory, target.describe(), factory.reconnect
+            )
             service.setServiceParent(self)
             self.collectors[target] = service
 

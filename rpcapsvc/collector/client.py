@@ -63,7 +63,9 @@ class RpcapClientProtocol(protocol.Protocol):
 
     log = Logger()
 
-    def __init__(self, max_payload: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_payload: int = 16 * 1024 * 1024, active: bool = False) -> None:
+        self.active = active
+        """The daemon dialled in (active mode): it must be left free to dial again, see L{close}."""
         # findalldevs replies on a host with many interfaces can be large.
         self.parser = ControlStreamParser(max(max_payload, DEFAULT_MAX_PAYLOAD))
         self._waiting: deque[tuple[int, defer.Deferred[Any]]] = deque()
@@ -152,16 +154,23 @@ class RpcapClientProtocol(protocol.Protocol):
         return self.request(SetSamplingRequest(method, value), MessageType.SETSAMPLING_REPLY)
 
     def close(self) -> None:
-        """Say goodbye (no reply comes) and hang up."""
+        """
+        End the session.  A passive daemon is told so with RPCAP CLOSE (no
+        reply comes).  An active daemon is only hung up on: after a CLOSE,
+        libpcap's rpcapd and ExtraHop's never dial the collector again, so a
+        collector that stops, restarts or refuses a capture would silence
+        them for good; after a dropped connection they reconnect.
+        """
         if self.transport is not None:
-            self.transport.write(CloseRequest().encode())
+            if not self.active:
+                self.transport.write(CloseRequest().encode())
             self.transport.loseConnection()
 
 
 class RpcapClientFactory(protocol.Factory):
     """
-    Builds client protocols for connections we make, or for active daemons
-    that connect to us; C{on_connect} is called with each connected protocol.
+    Builds client protocols for active daemons that connect to us;
+    C{on_connect} is called with each connected protocol.
     """
 
     noisy = False
@@ -170,7 +179,7 @@ class RpcapClientFactory(protocol.Factory):
         self.on_connect = on_connect
 
     def buildProtocol(self, addr: Any) -> RpcapClientProtocol:
-        p = RpcapClientProtocol()
+        p = RpcapClientProtocol(active=True)
         if self.on_connect is not None:
             on_connect = self.on_connect
             p.when_connected.addCallback(lambda proto: (on_connect(proto), proto)[1])

@@ -22,6 +22,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..protocol.bpf import MAXIMUM_SNAPLEN
@@ -47,6 +48,12 @@ class CollectorSettings:
     username: Optional[bytes] = None
     password: bytes = b""
     stats_interval: float = 10.0
+    refused_hold: float = 30.0
+    """
+    Seconds to keep a daemon whose capture could not start connected (idle)
+    before hanging up: daemons dial again at once after a hang-up, so this
+    is how often each one is retried.
+    """
 
 
 def _unmapped(host: str) -> str:
@@ -78,6 +85,7 @@ class DaemonSession:
         self.packets = 0
         self.drops = 0
         self._ticker: Optional[task.LoopingCall] = None
+        self._hold: Optional[IDelayedCall] = None
 
     async def run(self) -> None:
         settings = self.collector.settings
@@ -113,9 +121,19 @@ class DaemonSession:
                 wanted, self.capture.linktype, settings.snaplen, f"rpcap://{self.host}/{wanted}"
             )
         except Exception as e:
-            self.log.warn("Daemon {host}: capture not started: {why}", host=self.host, why=str(e) or repr(e))
-            self.client.close()
-            self.finish()
+            self.log.warn(
+                "Daemon {host}: capture not started: {why}; trying again in {hold:g} s",
+                host=self.host,
+                why=str(e) or repr(e),
+                hold=settings.refused_hold,
+            )
+            if self.capture is not None:
+                self.capture.close_data()
+            # Hung up on at once, an active daemon would dial again at once:
+            # hold it idle for a while, then hang up (never CLOSE, which would
+            # stop libpcap's and ExtraHop's daemons for good).
+            self._hold = self.collector.reactor.callLater(settings.refused_hold, self.client.close)
+            self.client.disconnected.addCallback(lambda _: self.finish())
             return
         self.log.info(
             "Daemon {host}: capturing {iface} into {dir}",
@@ -168,6 +186,9 @@ class DaemonSession:
         )
 
     def finish(self) -> None:
+        if self._hold is not None and self._hold.active():
+            self._hold.cancel()
+        self._hold = None
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if self.capture is not None:
@@ -230,6 +251,8 @@ class CollectorService(MultiService):
         defer.ensureDeferred(session.run())
 
     def stopService(self) -> Any:
+        # Hang up without RPCAP CLOSE (see RpcapClientProtocol.close): the
+        # daemons dial again, and a restarted collector gets its fleet back.
         for session in list(self.sessions):
             session.client.close()
             session.finish()

@@ -47,6 +47,14 @@ class Options(usage.Options):
         ],
         ["password-file", None, None, "File holding the password for --user."],
         ["stats-interval", None, 10.0, "Seconds between counter reports.", float],
+        [
+            "retry-refused",
+            None,
+            30.0,
+            "Seconds to hold a daemon whose capture could not start before hanging up "
+            "(it dials again at once, so this is how often it is retried).",
+            float,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -73,7 +81,7 @@ class Options(usage.Options):
         self["snaplen"] = self["snaplen"] or MAXIMUM_SNAPLEN
         if self["format"] not in FORMATS:
             raise usage.UsageError(f"--format must be one of {', '.join(FORMATS)}")
-        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):
+        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval", "retry-refused"):
             if self[name] is not None and self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         self.password = b""
@@ -104,5 +112,6 @@ def makeService(options: Options) -> CollectorService:
         username=options["user"].encode() if options["user"] else None,
         password=options.password,
         stats_interval=options["stats-interval"],
+        refused_hold=options["retry-refused"],
     )
     return CollectorService(reactor_, settings, options["listen"])

@@ -1,13 +1,14 @@
 """
 Active mode: the daemon connects out to collectors and serves an RPCAP
 session on each connection, reconnecting after every failure and after every
-session ends (Twisted's C{ClientService} with a jittered backoff).
+session ends (Twisted's C{ClientService}): at once after a session that
+forwarded packets, with a jittered backoff otherwise (L{ReconnectPolicy}).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
@@ -90,30 +91,63 @@ class _LoggingEndpoint:
         return f"<collector {self._name}>"
 
 
-def retry_policy(
-    name: str, jitter: Callable[[], float] = lambda: random.uniform(0, 0.5)
-) -> Callable[[int], float]:
+class ReconnectPolicy:
     """
-    First retry within about a second, growing to C{MAX_RETRY}, with jitter so
-    that a fleet of daemons does not reconnect in step.
-    """
-    base = backoffPolicy(FIRST_RETRY, MAX_RETRY, BACKOFF_FACTOR, jitter)
+    When to connect to one collector again.
 
-    def policy(attempt: int) -> float:
-        delay = base(attempt)
+    A collector that ends a session which delivered packets is reconnected
+    at once: it was working, and a restarted collector should get its fleet
+    back without waiting.  Everything else (a refused connection, a session
+    that ended before any packet was forwarded, because the collector refused
+    or failed the capture) backs off from about a second to C{MAX_RETRY},
+    with jitter so that a fleet does not reconnect in step.  Only a capture
+    that delivered packets resets the backoff.
+
+    C{ClientService} calls it with its own attempt count, which restarts at
+    every successful connection; the policy keeps its own count instead,
+    told by L{session_ended} how each session went.
+    """
+
+    def __init__(self, name: str, jitter: Callable[[], float] = lambda: random.uniform(0, 0.5)) -> None:
+        self.name = name
+        self._backoff = backoffPolicy(FIRST_RETRY, MAX_RETRY, BACKOFF_FACTOR, jitter)
+        self.failures = 0
+        """Connections and sessions in a row that forwarded nothing."""
+        self._immediate = False
+
+    def session_ended(self, packets_forwarded: int) -> None:
+        """A session with this collector ended, having forwarded C{packets_forwarded} packets."""
+        if packets_forwarded:
+            self.failures = 0
+            self._immediate = True
+
+    def __call__(self, attempt: int) -> float:
+        if self._immediate:
+            self._immediate = False
+            log.info("Collector {target} ended a working session; reconnecting now", target=self.name)
+            return 0.0
+        self.failures += 1
+        delay: float = self._backoff(self.failures)
         log.info(
-            "Retrying collector {target} in {delay:.1f} s (attempt {attempt})",
-            target=name,
+            "Retrying collector {target} in {delay:.1f} s ({failures} attempt(s) without a capture)",
+            target=self.name,
             delay=delay,
-            attempt=attempt,
+            failures=self.failures,
         )
         return delay
 
-    return policy
 
-
-def collector_service(reactor: Any, spec: str, factory: IProtocolFactory, name: str = "") -> ClientService:
-    """A service that keeps one connection to the collector C{spec} open."""
+def collector_service(
+    reactor: Any,
+    spec: str,
+    factory: IProtocolFactory,
+    name: str = "",
+    policy: Optional[ReconnectPolicy] = None,
+) -> ClientService:
+    """
+    A service that keeps one connection to the collector C{spec} open,
+    reconnecting as C{policy} says (the factory's sessions report to it).
+    """
     name = name or spec
     endpoint = _LoggingEndpoint(parse_active_target(reactor, spec), name)
-    return ClientService(endpoint, factory, retryPolicy=retry_policy(name), clock=reactor)
+    return ClientService(endpoint, factory, retryPolicy=policy or ReconnectPolicy(name), clock=reactor)

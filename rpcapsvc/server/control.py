@@ -19,6 +19,7 @@ from ..capture.system import ICaptureSystem
 from ..connections import TlsSettings, tls_settings_of
 from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
+from .active import ReconnectPolicy
 from .datachannel import DataChannels, IDataChannels
 from .session import ForwardedTraffic, IControlChannel, ServerSession, SessionPolicy, client_allowed
 
@@ -107,6 +108,9 @@ class RpcapServerProtocol(protocol.Protocol):
         self.factory.sessions.discard(self)
         if self.session is not None:
             self.session.close(f"connection lost: {reason.getErrorMessage()}")
+        if self.factory.reconnect is not None:
+            forwarded = self.session.packets_forwarded if self.session is not None else 0
+            self.factory.reconnect.session_ended(forwarded)
 
     # IPushProducer: the transport's write buffer is full, or empty again.
     def pauseProducing(self) -> None:
@@ -163,8 +167,11 @@ class RpcapServerFactory(protocol.Factory):
         interface_address: Optional[str] = None,
         sessions: Optional[set[RpcapServerProtocol]] = None,
         forwarded: Optional[ForwardedTraffic] = None,
+        reconnect: Optional[ReconnectPolicy] = None,
     ) -> None:
         self.reactor = reactor
+        self.reconnect = reconnect
+        """Active mode: the collector's reconnect policy, told how each session went."""
         self.capture_system = capture_system
         self.policy = policy
         self.data_channels = data_channels or DataChannels(reactor)

@@ -258,6 +258,8 @@ class ServerSession:
         self.sampling = SetSamplingRequest(SamplingMethod.NONE, 0)
         self.user: Optional[bytes] = None
         self._capture: Optional[_Capture] = None
+        self.packets_forwarded = 0
+        """Packets handed to the data channels of every capture this session has run."""
         self._last_stats = StatsReply(0, 0, 0, 0)
         self._queue: deque[Received] = deque()
         self._busy = False
@@ -715,6 +717,8 @@ class ServerSession:
             self._last_stats = capture.stats()
         except CaptureError:
             pass
+        if capture.sink is not None:
+            self.packets_forwarded += capture.sink.sent
         capture.stop()
         if self.state is SessionState.CAPTURING:
             self.state = SessionState.OPENED

@@ -32,9 +32,9 @@ from rpcapsvc.server import active
 from rpcapsvc.server.active import (
     MAX_RETRY,
     _LoggingEndpoint,
+    ReconnectPolicy,
     collector_service,
     parse_active_target,
-    retry_policy,
 )
 
 from ._fixtures import Resolution
@@ -149,42 +149,77 @@ class ParseActiveTargetTests(SynchronousTestCase):
         self.assertDials("h:65535", "h", 65535, "192.0.2.7")
 
 
-class RetryPolicyTests(SynchronousTestCase):
+def _delays(policy: ReconnectPolicy, n: int) -> list[float]:
+    return [policy(attempt) for attempt in range(1, n + 1)]
+
+
+class ReconnectPolicyTests(SynchronousTestCase):
     def test_first_retry_within_a_second(self) -> None:
         """After the first failure the daemon tries again within about a second, even with most jitter."""
-        self.assertLessEqual(retry_policy("c", jitter=lambda: 0.0)(1), 1.0)
-        self.assertLessEqual(retry_policy("c", jitter=lambda: 0.5)(1), 1.5)
+        self.assertLessEqual(ReconnectPolicy("c", jitter=lambda: 0.0)(1), 1.0)
+        self.assertLessEqual(ReconnectPolicy("c", jitter=lambda: 0.5)(1), 1.5)
 
     def test_default_jitter(self) -> None:
         """The default jitter stays within half a second and varies between daemons."""
-        policy = retry_policy("c")
-        base = retry_policy("c", jitter=lambda: 0.0)(1)
-        delays = {policy(1) for _ in range(50)}
+        base = ReconnectPolicy("c", jitter=lambda: 0.0)(1)
+        delays = {ReconnectPolicy("c")(1) for _ in range(50)}
         self.assertTrue(all(base <= d <= base + 0.5 for d in delays), delays)
         self.assertGreater(len(delays), 1)
 
     def test_grows(self) -> None:
-        policy = retry_policy("c", jitter=lambda: 0.0)
-        delays = [policy(n) for n in range(1, 8)]
+        """Failures in a row back off, whatever attempt count ClientService passes."""
+        policy = ReconnectPolicy("c", jitter=lambda: 0.0)
+        delays = [policy(1) for _ in range(7)]
         self.assertEqual(delays, sorted(delays))
         self.assertGreater(delays[-1], 2 * delays[0])
 
     def test_capped(self) -> None:
         """However long the collector is down, retries come at most MAX_RETRY (plus jitter) apart."""
-        policy = retry_policy("c", jitter=lambda: 0.25)
-        for attempt in (20, 100, 1000, 10**6):
-            self.assertEqual(policy(attempt), MAX_RETRY + 0.25)
+        policy = ReconnectPolicy("c", jitter=lambda: 0.25)
+        delays = _delays(policy, 200)
+        self.assertEqual(max(delays), MAX_RETRY + 0.25)
+        self.assertEqual(delays[-1], MAX_RETRY + 0.25)
 
     def test_jitter_added(self) -> None:
-        plain = retry_policy("c", jitter=lambda: 0.0)
-        jittered = retry_policy("c", jitter=lambda: 0.3)
-        for attempt in range(1, 30):
-            self.assertAlmostEqual(jittered(attempt) - plain(attempt), 0.3)
+        plain = _delays(ReconnectPolicy("c", jitter=lambda: 0.0), 30)
+        jittered = _delays(ReconnectPolicy("c", jitter=lambda: 0.3), 30)
+        for a, b in zip(plain, jittered):
+            self.assertAlmostEqual(b - a, 0.3)
+
+    def test_working_session_reconnects_at_once(self) -> None:
+        """A collector that ends a session which forwarded packets is dialled again at once."""
+        policy = ReconnectPolicy("c", jitter=lambda: 0.0)
+        _delays(policy, 5)
+        policy.session_ended(packets_forwarded=12)
+        self.assertEqual(policy(1), 0.0)
+        self.assertEqual(policy.failures, 0)
+        # The next failure starts the backoff from the beginning again.
+        self.assertEqual(policy(1), ReconnectPolicy("c", jitter=lambda: 0.0)(1))
+
+    def test_refused_captures_back_off(self) -> None:
+        """Sessions that forward nothing (the collector refuses the capture) keep backing off."""
+        policy = ReconnectPolicy("c", jitter=lambda: 0.0)
+        delays = []
+        for _ in range(12):
+            policy.session_ended(packets_forwarded=0)
+            delays.append(policy(1))  # ClientService restarts its count at each connection
+        self.assertEqual(delays, sorted(delays))
+        self.assertEqual(delays[-1], MAX_RETRY)
+        self.assertNotIn(0.0, delays)
+
+    def test_only_delivery_resets(self) -> None:
+        """Backoff survives sessions without packets and resets only after one with packets."""
+        policy = ReconnectPolicy("c", jitter=lambda: 0.0)
+        _delays(policy, 6)
+        policy.session_ended(0)
+        self.assertGreater(policy(1), 5.0)
+        policy.session_ended(1)
+        self.assertEqual(policy(1), 0.0)
 
     def test_logged(self) -> None:
         """Each retry is logged with the collector's name and the delay."""
         with capturedLogs() as events:
-            retry_policy("collector.example:2003", jitter=lambda: 0.0)(1)
+            ReconnectPolicy("collector.example:2003", jitter=lambda: 0.0)(1)
         [message] = [formatEvent(e) for e in events]
         self.assertIn("collector.example:2003", message)
         self.assertIn("0.8 s", message)
@@ -274,7 +309,7 @@ class CollectorServiceTests(SynchronousTestCase):
         self.assertEqual(SessionProtocol.made, 1)
 
     def test_reconnects_after_session_ends(self) -> None:
-        """When a collector's session ends, the daemon dials it again within about a second and a half."""
+        """When a session that forwarded nothing ends, the daemon dials again within about a second and a half."""
         self.service.startService()
         protocol, _ = self.endpoint.accept()
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -284,16 +319,43 @@ class CollectorServiceTests(SynchronousTestCase):
         self.endpoint.accept()
         self.assertEqual(SessionProtocol.made, 2)
 
-    def test_retry_delay_resets_after_a_session(self) -> None:
-        """Failures before a successful session do not lengthen the wait after it ends."""
+    def _with_policy(self) -> ReconnectPolicy:
+        self.service.stopService()
+        policy = ReconnectPolicy("c", jitter=lambda: 0.0)
+        self.service = collector_service(
+            self.reactor, "collector.example:2003", Factory.forProtocol(SessionProtocol), policy=policy
+        )
         self.service.startService()
+        return policy
+
+    def test_working_session_reconnects_at_once(self) -> None:
+        """After failures, a session that forwarded packets is followed by a new connection at once."""
+        policy = self._with_policy()
         for _ in range(6):
             self.endpoint.refuse()
             self.reactor.advance(MAX_RETRY + 0.5)
         protocol, _ = self.endpoint.accept()
+        policy.session_ended(packets_forwarded=100)
         protocol.connectionLost(Failure(ConnectionDone()))
         before = len(self.endpoint.attempts)
-        self.reactor.advance(1.5)
+        self.reactor.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), before + 1)
+
+    def test_empty_sessions_keep_backing_off(self) -> None:
+        """A collector that accepts and then refuses every capture is not dialled ever faster."""
+        policy = self._with_policy()
+        for _ in range(12):  # enough to reach the cap
+            protocol, _ = self.endpoint.accept()
+            policy.session_ended(packets_forwarded=0)
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.reactor.advance(MAX_RETRY + 0.5)
+        before = len(self.endpoint.attempts)
+        protocol, _ = self.endpoint.accept()
+        policy.session_ended(packets_forwarded=0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(MAX_RETRY - 0.5)
+        self.assertEqual(len(self.endpoint.attempts), before)
+        self.reactor.advance(1)
         self.assertEqual(len(self.endpoint.attempts), before + 1)
 
     def test_stop_stops_retrying(self) -> None:

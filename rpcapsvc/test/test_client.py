@@ -540,6 +540,19 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(transport.connected)
         self.assertIsNone(self.successResultOf(proto.disconnected))
 
+    def test_close_active_daemon(self) -> None:
+        """
+        A daemon that dialled in is hung up on without CLOSE: after a CLOSE,
+        libpcap's and ExtraHop's daemons never dial the collector again.
+        """
+        proto = RpcapClientFactory().buildProtocol(IPv4Address("TCP", DAEMON_HOST, 5000))
+        self.assertTrue(proto.active)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", DAEMON_HOST, 5000))
+        proto.makeConnection(transport)
+        proto.close()
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
     def test_factory_reports_connections(self) -> None:
         """The factory hands each connected protocol to on_connect."""
         seen: list[RpcapClientProtocol] = []

@@ -23,6 +23,7 @@ from rpcapsvc.collector import service as collector_service
 from rpcapsvc.collector.client import RpcapClientProtocol, TcpPacketReceiver
 from rpcapsvc.collector.service import DEFAULT_LISTEN, CollectorService, CollectorSettings, DaemonSession
 from rpcapsvc.collector.tap import Options, makeService
+from rpcapsvc.server.session import ServerSession
 from rpcapsvc.test.test_client import (
     COLLECTOR_HOST,
     DAEMON_HOST,
@@ -97,7 +98,7 @@ class OptionsTests(SynchronousTestCase):
         )
 
     def test_not_positive_refused(self) -> None:
-        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval"):
+        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval", "retry-refused"):
             for value in ("0", "-1"):
                 self.assertIn(f"--{name} must be positive", self.refused(f"--{name}", value))
 
@@ -158,6 +159,8 @@ class MakeServiceTests(SynchronousTestCase):
             "24",
             "--stats-interval",
             "30",
+            "--retry-refused",
+            "45",
         )
         self.assertIsInstance(service, CollectorService)
         self.assertTrue(os.path.isdir(directory))
@@ -177,6 +180,7 @@ class MakeServiceTests(SynchronousTestCase):
                 username=None,
                 password=b"",
                 stats_interval=30.0,
+                refused_hold=45.0,
             ),
         )
         listeners = list(service)
@@ -401,29 +405,59 @@ class DaemonSessionTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         """
-        A daemon that refuses the capture is logged and let go, and leaves
-        no empty file behind (an active daemon reconnects, again and again).
+        A daemon that refuses the capture is logged, held idle for
+        refused_hold seconds (an active daemon dials again at once when hung
+        up on), then hung up on without RPCAP CLOSE, and leaves no empty file.
         """
-        collector = Collector(self, interface="eth9")
+        server_log = self.server_log()
+        collector = Collector(self, interface="eth9", refused_hold=30.0)
         daemon, client, pump = collector.daemon_connects()
         pump.flush()
-        self.assertEqual(collector.service.sessions, set())
-        self.assertEqual(daemon.factory.sessions, set())
-        self.assertTrue(client.disconnected.called)
         [warning] = [line for line in collector.log() if "capture not started" in line]
         self.assertIn("eth9", warning)
-        self.assertEqual(collector.files(), [])
-
-    def test_bad_filter(self) -> None:
-        collector = Collector(self, interface="eth0", filter="tcp port eighty")
-        collector.daemon_connects()
+        self.assertIn("trying again in 30 s", warning)
+        self.assertFalse(client.disconnected.called)
+        collector.reactor.advance(29)
+        pump.flush()
+        self.assertFalse(client.disconnected.called)
+        collector.reactor.advance(1)
+        pump.flush()
+        self.assertTrue(client.disconnected.called)
         self.assertEqual(collector.service.sessions, set())
-        [warning] = [line for line in collector.log() if "capture not started" in line]
-        self.assertIn("tcp port eighty", warning)
+        self.assertEqual(daemon.factory.sessions, set())
         self.assertEqual(collector.files(), [])
+        self.assertNoCloseSent(server_log)
+
+    def server_log(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        self.patch(ServerSession, "log", Logger(observer=events.append))
+        return events
+
+    def assertNoCloseSent(self, events: list[dict[str, Any]]) -> None:
+        """The daemon's sessions ended with the connection, never with an RPCAP CLOSE."""
+        ends = [formatEvent(e) for e in events if "closed:" in formatEvent(e)]
+        self.assertTrue(ends)
+        for line in ends:
+            self.assertNotIn("client closed the session", line)
+            self.assertIn("connection lost", line)
+
+    def test_refused_daemon_gone_while_held(self) -> None:
+        """A refused daemon that hangs up while held ends its session; nothing is left scheduled."""
+        collector = Collector(self, interface="eth9")
+        daemon, client, pump = collector.daemon_connects()
+        [server] = daemon.factory.sessions
+        server.transport.loseConnection()
+        pump.flush()
+        self.assertTrue(client.disconnected.called)
+        self.assertEqual(collector.service.sessions, set())
+        self.assertEqual([c for c in collector.reactor.getDelayedCalls() if c.active()], [])
 
     def test_stop_service(self) -> None:
-        """Stopping the collector says goodbye to every daemon and finishes every file."""
+        """
+        Stopping the collector hangs up on every daemon (no RPCAP CLOSE, so
+        real daemons dial again) and finishes every file.
+        """
+        server_log = self.server_log()
         collector = Collector(self, interface="eth0")
         daemon, _, receiver, pump = collector.capturing()
         daemon.capture([(1, 0, ICMP_PACKET)])
@@ -433,6 +467,7 @@ class DaemonSessionTests(SynchronousTestCase):
         self.assertEqual(collector.service.sessions, set())
         self.assertEqual(daemon.factory.sessions, set())
         self.assertTrue(daemon.system.handles[-1].closed)
+        self.assertNoCloseSent(server_log)
         [name] = collector.files()
         with open(os.path.join(collector.directory, name), "rb") as f:
             self.assertEqual(len(read_capture(self, f.read())[1]), 1)
