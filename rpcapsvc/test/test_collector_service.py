@@ -23,6 +23,7 @@ from rpcapsvc.collector import service as collector_service
 from rpcapsvc.collector.client import RpcapClientProtocol, TcpPacketReceiver
 from rpcapsvc.collector.service import DEFAULT_LISTEN, CollectorService, CollectorSettings, DaemonSession
 from rpcapsvc.collector.tap import Options, makeService
+from rpcapsvc.server.active import ReconnectPolicy
 from rpcapsvc.server.session import ServerSession
 from rpcapsvc.test.test_client import (
     COLLECTOR_HOST,
@@ -440,6 +441,29 @@ class DaemonSessionTests(SynchronousTestCase):
         for line in ends:
             self.assertNotIn("client closed the session", line)
             self.assertIn("connection lost", line)
+
+    def test_daemon_told_how_the_session_went(self) -> None:
+        """
+        Our daemon's reconnect policy hears how many packets a session
+        forwarded: after a restarted collector's hang-up it dials again at
+        once; after a refused capture it backs off.
+        """
+        collector = Collector(self, interface="eth0")
+        daemon, _, receiver, pump = collector.capturing()
+        policy = ReconnectPolicy("collector", jitter=lambda: 0.0)
+        daemon.factory.reconnect = policy
+        daemon.capture([(1, 0, ICMP_PACKET)])
+        daemon.forward_tcp(receiver)
+        collector.service.stopService()
+        pump.flush()
+        self.assertEqual(policy(1), 0.0)
+
+        refusing = Collector(self, interface="eth9", refused_hold=1.0)
+        daemon, _, pump = refusing.daemon_connects()
+        daemon.factory.reconnect = policy
+        refusing.reactor.advance(1)
+        pump.flush()
+        self.assertGreater(policy(1), 0.5)
 
     def test_refused_daemon_gone_while_held(self) -> None:
         """A refused daemon that hangs up while held ends its session; nothing is left scheduled."""
