@@ -30,10 +30,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optFlags = [
         ["null-auth", "n", "Let clients in without a password (RPCAP null authentication)."],
         [
+            "no-passive",
+            None,
+            "Active mode only: listen for no clients, whatever the config file says (rpcapd -v).",
+        ],
+        ["log-stats", None, "Log the counters each time a client asks for them (rpcapd -S)."],
+        [
             "capture-own-traffic",
             None,
             "Let captures include the daemon's own control and data packets "
             "(by default they are filtered out in the kernel, so forwarded packets are never captured again).",
+        ],
+        [
+            "udpstr-tcp",
+            None,
+            "Also frame TCP data channels as udpstr, as ExtraHop's rpcapd does; needs --udp-mtu.",
         ],
     ]
     optParameters = [
@@ -132,7 +143,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 self.config = read_config(self["config"])
             except ConfigError as e:
                 raise usage.UsageError(str(e)) from None
-        if not self["listen"]:
+        if self["no-passive"]:
+            if self["listen"]:
+                raise usage.UsageError("--no-passive and --listen contradict each other")
+            if not (self["active"] or self["config"]):
+                raise usage.UsageError(
+                    "--no-passive leaves nothing to do: give --active COLLECTOR or a --config file"
+                )
+        elif not self["listen"]:
             only_active = bool(self["active"] or self.config.active)
             if not only_active or self.config.passive_clients:
                 self["listen"] = [DEFAULT_LISTEN]
@@ -144,6 +162,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         mtu = self["udp-mtu"]
         if mtu and not MIN_MTU <= mtu <= MAX_MTU:
             raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
+        if self["udpstr-tcp"] and not mtu:
+            raise usage.UsageError("--udpstr-tcp needs --udp-mtu: the MTU its datagrams are cut at")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
         if self["max-sessions"] <= 0:
@@ -188,6 +208,7 @@ def makeService(options: Options) -> RpcapdService:
         exclude_own_traffic=not options["capture-own-traffic"],
         max_sessions=options["max-sessions"],
         max_message_size=options["max-message-size"],
+        log_stats=bool(options["log-stats"]),
     )
     return RpcapdService(
         reactor_,
@@ -196,6 +217,11 @@ def makeService(options: Options) -> RpcapdService:
         active=[ActiveTarget(t) for t in options["active"]],
         config_path=options["config"],
         allowed_clients=options["allow"],
-        data_channels=DataChannels(reactor_, udp_mtu=options["udp-mtu"], udp_sndbuf=options["udp-sndbuf"]),
+        data_channels=DataChannels(
+            reactor_,
+            udp_mtu=options["udp-mtu"],
+            udp_sndbuf=options["udp-sndbuf"],
+            tcp_udpstr=bool(options["udpstr-tcp"]),
+        ),
         reload_on_sighup=True,
     )

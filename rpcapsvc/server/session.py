@@ -128,6 +128,8 @@ class SessionPolicy:
     max_sessions: int = 64
     """Sessions served at once, across every listener and collector of a service."""
     max_message_size: int = DEFAULT_MAX_PAYLOAD
+    log_stats: bool = False
+    """Log the counters a client asks for (ExtraHop's rpcapd -S)."""
 
 
 KERNEL_MAX_INSTRUCTIONS = 4096
@@ -564,7 +566,9 @@ class ServerSession:
                 return None
             if StartCapFlags.SERVEROPEN in flags or self.channel.active:
                 self._place_filter(capture, f"tcp and port {msg.portdata}")
-                d = self.data_channels.connect_tcp(peer, msg.portdata, snaplen, self.channel.tls)
+                d = self.data_channels.connect_tcp(
+                    peer, msg.portdata, snaplen, self.channel.tls, options.read_timeout_ms
+                )
                 capture.pending_sink = d
                 self._begin(capture, options)
 
@@ -582,7 +586,9 @@ class ServerSession:
 
                 d.addCallbacks(connected, failed)
                 return d  # type: ignore[return-value]
-            port, d = self.data_channels.listen_tcp(self.channel.local_host, peer, snaplen, self.channel.tls)
+            port, d = self.data_channels.listen_tcp(
+                self.channel.local_host, peer, snaplen, self.channel.tls, options.read_timeout_ms
+            )
             try:
                 self._place_filter(capture, f"tcp and port {port}")
             except Exception as e:  # whatever it was, stop listening
@@ -754,9 +760,22 @@ class ServerSession:
             self.channel.send_message(self._last_stats)
             return
         try:
-            self.channel.send_message(self._capture.stats())
+            stats = self._capture.stats()
         except CaptureError as e:
             self._error(ErrorCode.GETSTATS, str(e))
+            return
+        if self.policy.log_stats:
+            self.log.info(
+                "Stats for {peer} on {device}: {received} received, {ifdrop} dropped by the interface, "
+                "{drop} dropped by the kernel or the data channel, {sent} sent",
+                peer=self.channel.peer_host,
+                device=self.device,
+                received=stats.ifrecv,
+                ifdrop=stats.ifdrop,
+                drop=stats.krnldrop,
+                sent=stats.svrcapt,
+            )
+        self.channel.send_message(stats)
 
     def _endcap(self, msg: EndCaptureRequest) -> None:
         if self._capture is None:
