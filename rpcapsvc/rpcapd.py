@@ -274,6 +274,13 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
         # The fork keeps the command line's settings when the file is missing.
         inv.notices.append(f"-f {config}: no such file; running with the command line's settings")
         config = None
+    if config is not None and (active or hosts):
+        # The fork's file replaces -a and -l (even when it has no such lines).
+        inv.notices.append(
+            f"-a and -l replaced by the ActiveClient and PassiveClient lines of {config}, "
+            "as in ExtraHop's rpcapd"
+        )
+        active, hosts = [], []
     if passive:
         args += ["--listen", listen_endpoint(address, port, family)]
     else:

@@ -31,6 +31,8 @@ from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapCli
 from .files import FileHistory, RotatingCaptureFiles
 
 DEFAULT_LISTEN = "tcp:2003"
+STOP_GRACE = 2.0
+"""Seconds a stopping collector waits for daemons to see their control connections close."""
 
 
 @attrs.define
@@ -208,6 +210,19 @@ class DaemonSession:
             self.prefix = None
 
 
+def _when_disconnected(client: RpcapClientProtocol) -> defer.Deferred[None]:
+    """A Deferred of our own for C{client.disconnected}: it may time out without touching the original."""
+    d: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: object) -> object:
+        if not d.called:
+            d.callback(None)
+        return result
+
+    client.disconnected.addBoth(fire)
+    return d
+
+
 class CollectorService(MultiService):
     """Accepts active daemons on every C{listen} endpoint and records their captures."""
 
@@ -253,7 +268,19 @@ class CollectorService(MultiService):
     def stopService(self) -> Any:
         # Hang up without RPCAP CLOSE (see RpcapClientProtocol.close): the
         # daemons dial again, and a restarted collector gets its fleet back.
-        for session in list(self.sessions):
+        # Control connections go first and data connections only once the
+        # daemons have seen that: ExtraHop's rpcapd dies of SIGPIPE when its
+        # data connection is closed under it, and never dials again.
+        sessions = list(self.sessions)
+        for session in sessions:
             session.client.close()
-            session.finish()
-        return super().stopService()
+        waits = [_when_disconnected(session.client) for session in sessions]
+        gone = defer.DeferredList(waits, consumeErrors=True)
+        gone.addTimeout(STOP_GRACE, self.reactor)
+
+        def finish(_: object) -> Any:
+            for session in sessions:
+                session.finish()
+            return super(CollectorService, self).stopService()
+
+        return gone.addBoth(finish)

@@ -21,7 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rpcapsvc.collector import service as collector_service
 from rpcapsvc.collector.client import RpcapClientProtocol, TcpPacketReceiver
-from rpcapsvc.collector.service import DEFAULT_LISTEN, CollectorService, CollectorSettings, DaemonSession
+from rpcapsvc.collector.service import (
+    DEFAULT_LISTEN,
+    STOP_GRACE,
+    CollectorService,
+    CollectorSettings,
+    DaemonSession,
+)
 from rpcapsvc.collector.tap import Options, makeService
 from rpcapsvc.server.active import ReconnectPolicy
 from rpcapsvc.server.session import ServerSession
@@ -464,6 +470,22 @@ class DaemonSessionTests(SynchronousTestCase):
         refusing.reactor.advance(1)
         pump.flush()
         self.assertGreater(policy(1), 0.5)
+
+    def test_stop_closes_control_before_data(self) -> None:
+        """
+        Stopping hangs up the control connection first; the data connection
+        is closed only after the daemon has seen that (or after a grace
+        period), so ExtraHop's rpcapd never writes into a closed data socket.
+        """
+        collector = Collector(self, interface="eth0")
+        _, _, receiver, _ = collector.capturing()
+        stopped = collector.service.stopService()
+        self.assertNoResult(stopped)
+        self.assertFalse(receiver.transport.disconnecting)  # type: ignore[union-attr]
+        collector.reactor.advance(STOP_GRACE)
+        self.successResultOf(stopped)
+        self.assertEqual(collector.service.sessions, set())
+        self.assertTrue(receiver.transport.disconnecting)  # type: ignore[union-attr]
 
     def test_refused_daemon_gone_while_held(self) -> None:
         """A refused daemon that hangs up while held ends its session; nothing is left scheduled."""

@@ -168,6 +168,17 @@ class TranslateTests(SynchronousTestCase):
         self.assertTrue(all("ignored" in n for n in inv.notices), inv.notices)
         self.assertIn("-c 1,0 ignored", inv.notices[0])
 
+    def test_config_file_replaces_active_and_allowed(self) -> None:
+        """As in the fork, -f's file replaces -a and -l; the other switches stay."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("NullAuthPermit = YES\n")
+        inv = self.translate("-a", "192.0.2.1,2003", "-l", "192.0.2.9", "-f", path, "-p", "2010")
+        self.assertEqual(option_values(inv.rpcapd_args, "--active"), [])
+        self.assertEqual(option_values(inv.rpcapd_args, "--allow"), [])
+        self.assertEqual(option_values(inv.rpcapd_args, "--listen"), ["tcp:2010"])
+        self.assertIn("replaced", inv.notices[0])
+
     def test_missing_config_file(self) -> None:
         """As in the fork, a -f file that does not exist leaves the command line's settings."""
         inv = self.translate("-n", "-f", "/nonexistent/rpcapd.ini")
