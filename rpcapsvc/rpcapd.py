@@ -269,7 +269,7 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
         else:
             inv.notices.append(f"{flag}{' ' + value if value else ''} ignored ({_IGNORED[flag]})")
 
-    inv.command_line_config = DaemonConfig(tuple(active), tuple(hosts), True if null_auth else None)
+    inv.command_line_config = DaemonConfig(tuple(active), tuple(hosts), null_auth)
     if config is not None and not os.path.exists(config):
         # The fork keeps the command line's settings when the file is missing.
         inv.notices.append(f"-f {config}: no such file; running with the command line's settings")
@@ -324,6 +324,8 @@ def save_config(path: str, config: DaemonConfig) -> None:
             f.write(format_config(config))
     except OSError as e:
         raise CommandLineError(f"-s {path}: cannot save the configuration: {e.strerror}") from None
+    except ValueError as e:
+        raise CommandLineError(f"-s {path}: {e}") from None
 
 
 def _check(inv: Invocation) -> None:
@@ -360,7 +362,9 @@ def main(argv: Optional[list[str]] = None, run: Optional[Callable[[], object]] =
         reactor.callWhenRunning(log.warn, "{notice}", notice=notice)  # type: ignore[attr-defined]
     sys.argv = ["rpcapd", *inv.twistd_args, "rpcapd", *inv.rpcapd_args]
     if run is None:
-        from twisted.scripts.twistd import run
+        from twisted.scripts.twistd import run as twistd_run
+
+        run = twistd_run
     run()
 
 

@@ -111,6 +111,8 @@ class RpcapdService(MultiService):
             listener.setServiceParent(self)
             self.listeners.append(listener)
         config = read_config(config_path) if config_path else DaemonConfig()
+        for warning in config.warnings:
+            self.log.warn("{config_warning}", config_warning=warning)
         self.apply(config)
 
     # --- configuration -----------------------------------------------------------
@@ -161,6 +163,8 @@ class RpcapdService(MultiService):
             return
         try:
             config = read_config(self.config_path)
+            for warning in config.warnings:
+                self.log.warn("{config_warning}", config_warning=warning)
             self.apply(config)
         except (ConfigError, ValueError) as e:
             self.log.error("Configuration not reloaded: {why}", why=str(e))

@@ -167,7 +167,12 @@ class FakeDataChannels:
         self.fail_connect: Optional[Exception] = None
 
     def listen_tcp(
-        self, interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
+        self,
+        interface: str,
+        allowed_host: str,
+        snaplen: int,
+        tls: Optional[TlsSettings] = None,
+        read_timeout_ms: int = 1000,
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
         self.requests.append(("listen", interface, allowed_host))
         sink = RecordingSink(snaplen)
@@ -178,7 +183,12 @@ class FakeDataChannels:
         return 40000 + len(self.requests), d
 
     def connect_tcp(
-        self, host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+        self,
+        host: str,
+        port: int,
+        snaplen: int,
+        tls: Optional[TlsSettings] = None,
+        read_timeout_ms: int = 1000,
     ) -> defer.Deferred[IPacketSink]:
         self.requests.append(("connect", host, str(port)))
         if self.fail_connect is not None:

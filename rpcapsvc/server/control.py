@@ -194,15 +194,45 @@ class RpcapServerFactory(protocol.Factory):
 
     def preselected_interface(self) -> Optional[str]:
         """
-        The interface this factory's sessions are limited to: named, or the
-        one carrying C{interface_address} now (addresses move, so it is looked
-        up for each session); C{None} leaves it to the policy.
+        The interface this factory's sessions are limited to; C{None} leaves
+        it to the policy.  Without C{interface_address}, C{interface}.  With
+        it (an address, or a network C{ADDR/PREFIX}), the first interface
+        with an address in that network and, if C{interface} is given too,
+        of that name: both must match one interface, as ExtraHop's rpcapd
+        chooses it.  Looked up for each session, as addresses move.  When no
+        interface matches, a name no interface has, so that nothing can be
+        opened (ExtraHop's rpcapd would allow any interface instead).
         """
-        if self.interface is not None or self.interface_address is None:
+        if self.interface_address is None:
             return self.interface
-        wanted = ipaddress.ip_address(self.interface_address)
+        named = "" if self.interface is None else f" named {self.interface}"
+        address, slash, prefix = str(self.interface_address).strip().partition("/")
+        try:
+            network = ipaddress.ip_network(address.split("%", 1)[0] + slash + prefix, strict=False)
+        except ValueError:
+            self.log.warn(
+                "Interface address {address!r} is not an address or network; nothing can be opened",
+                address=self.interface_address,
+            )
+            return f"(no interface{named} with address {self.interface_address})"
         for info in self.capture_system.list_interfaces():
-            if any(a.address == wanted for a in info.addresses):
+            if self.interface is not None and info.name != self.interface:
+                continue
+            if any(a.address.version == network.version and a.address in network for a in info.addresses):
                 return info.name
-        self.log.warn("No interface carries {address}; nothing can be opened", address=self.interface_address)
-        return f"(no interface with address {self.interface_address})"
+        if network.prefixlen == network.max_prefixlen:
+            address, wanted = str(network.network_address), f"address {network.network_address}"
+        else:
+            address = wanted = f"an address in {network}"
+        self.log.warn(
+            "No interface{named} carries {address}; nothing can be opened",
+            named=named,
+            address=address,
+        )
+        self.log.warn(
+            "(ExtraHop's rpcapd would allow any interface; "
+            "we refuse opens until an interface{named} carries {address})",
+            named=named,
+            address=address,
+        )
+        return f"(no interface{named} with {wanted})"

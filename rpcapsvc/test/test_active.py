@@ -31,8 +31,8 @@ from zope.interface import implementer
 from rpcapsvc.server import active
 from rpcapsvc.server.active import (
     MAX_RETRY,
-    _LoggingEndpoint,
     ReconnectPolicy,
+    _LoggingEndpoint,
     collector_service,
     parse_active_target,
 )

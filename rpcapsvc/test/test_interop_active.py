@@ -412,7 +412,7 @@ class SighupTests(ActiveTestCase):
 
         # A new collector and a line that cannot be used: nothing of it is applied.
         broken = {
-            "ActiveClient = 127.0.0.1,http": "'http' is not a port number",
+            "ActiveClient = 127.0.0.1,no-such-service": "'no-such-service' is not a port number",
             f"ActiveClient = 127.0.0.1,{port_b},ifaddr=lo": "ifaddr='lo' is not an IP address",
         }
         for line, why in broken.items():

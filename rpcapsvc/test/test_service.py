@@ -328,9 +328,13 @@ class ReloadTests(ServiceTestBase):
         self.write("")
         service.reload()
         self.assertFalse(service.policy.null_auth)
-        self.write("nullauthpermit = yes\n")
+        self.write("nullauthpermit = YES\n")
         service.reload()
         self.assertTrue(service.policy.null_auth)
+        # Only YES, in capitals, permits it, as in ExtraHop's and libpcap's rpcapd.
+        self.write("NullAuthPermit = yes\n")
+        service.reload()
+        self.assertFalse(service.policy.null_auth)
 
     def test_reload_null_auth_reaches_new_sessions(self) -> None:
         """After a reload turns null auth off, a new client's null login is refused."""
@@ -660,8 +664,14 @@ class InterfaceAddressTests(ServiceTestBase):
         self.assertError(client.request(OpenRequest("eth0")), ErrorCode.OPEN)
         self.assertIsInstance(client.request(OpenRequest("eth1")), OpenReply)
 
-    def test_named_interface_wins(self) -> None:
+    def test_name_and_address_must_both_match(self) -> None:
+        """With ifname and ifaddr, as in ExtraHop's rpcapd, one interface must match both."""
         factory = self.factory("127.0.0.1")
+        factory.interface = "eth0"
+        client = self.authed(factory)
+        for name in ("lo", "eth0"):
+            self.assertError(client.request(OpenRequest(name)), ErrorCode.OPEN)
+        factory = self.factory("192.0.2.1")
         factory.interface = "eth0"
         client = self.authed(factory)
         self.assertError(client.request(OpenRequest("lo")), ErrorCode.OPEN)

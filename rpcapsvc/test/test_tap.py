@@ -105,7 +105,8 @@ class AuthChoiceTests(OptionsTestBase):
 
     def test_config_permits_null_auth(self) -> None:
         self.parse("-f", self.config("NullAuthPermit = YES\n"))
-        self.parse("-f", self.config("nullauthpermit = yes\n"))
+        self.parse("-f", self.config("nullauthpermit = YES\n"))
+        self.refused("-f", self.config("NullAuthPermit = yes\n"))  # only YES, as in the real daemons
 
     def test_config_refusing_null_auth_is_no_choice(self) -> None:
         self.refused("-f", self.config("NullAuthPermit = NO\n"))
