@@ -266,6 +266,10 @@ class CollectorService(MultiService):
         defer.ensureDeferred(session.run())
 
     def stopService(self) -> Any:
+        # Stop accepting first: a daemon redialling during the grace below
+        # must meet a closed port (it retries later), not a collector that
+        # is about to vanish in the middle of its session.
+        listeners_stopped = super().stopService()
         # Hang up without RPCAP CLOSE (see RpcapClientProtocol.close): the
         # daemons dial again, and a restarted collector gets its fleet back.
         # Control connections go first and data connections only once the
@@ -281,6 +285,6 @@ class CollectorService(MultiService):
         def finish(_: object) -> Any:
             for session in sessions:
                 session.finish()
-            return super(CollectorService, self).stopService()
+            return listeners_stopped
 
         return gone.addBoth(finish)

@@ -481,6 +481,8 @@ class DaemonSessionTests(SynchronousTestCase):
         _, _, receiver, _ = collector.capturing()
         stopped = collector.service.stopService()
         self.assertNoResult(stopped)
+        # No daemon is accepted any more while the others are being let go.
+        self.assertFalse([listener for listener in collector.service if listener.running])
         self.assertFalse(receiver.transport.disconnecting)  # type: ignore[union-attr]
         collector.reactor.advance(STOP_GRACE)
         self.successResultOf(stopped)
