@@ -8,8 +8,9 @@ are matched to them in order.  It works on
 a connection we made to a passive daemon, or on one an active daemon made to
 us.  L{start_capture} drives a whole capture: open, a filter compiled here
 for the remote link type, the data channel (TCP either way round, classic
-UDP or udpstr, told apart by each datagram's header), and packets delivered
-to a callback in batches.
+UDP or udpstr, told apart by each datagram's header; over TCP, classic or
+udpstr as ExtraHop's rpcapd sends it, told apart by the first bytes), and
+packets delivered to a callback in batches.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from twisted.python.failure import Failure
 from ..capture.compiler import compile_filter
 from ..connections import SingleProtocolFactory, tls_settings_of
 from ..protocol.bpf import MAXIMUM_SNAPLEN
-from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder, PacketStreamParser
+from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
-from ..protocol.udpstr import UdpStrDecoder, is_udpstr_datagram
+from ..protocol.udpstr import DataStreamParser, UdpStrDecoder, is_udpstr_datagram
 from ..protocol.wire import (
     AuthReply,
     AuthRequest,
@@ -191,7 +192,7 @@ class RpcapClientFactory(protocol.Factory):
 
 @attrs.define
 class LossCounters:
-    """What a data channel saw go missing (UDP only)."""
+    """What a data channel saw go missing (UDP; over TCP, gaps in udpstr's packet numbers)."""
 
     lost_packets: int = 0
     lost_datagrams: int = 0
@@ -199,33 +200,50 @@ class LossCounters:
 
 
 class TcpPacketReceiver(protocol.Protocol):
-    """Reads classic type-7 messages from a TCP data connection."""
+    """
+    Reads a TCP data connection: classic type-7 messages, or udpstr
+    datagrams back to back as ExtraHop's rpcapd sends them, told apart by
+    the first bytes (L{DataStreamParser}).  A stream that cannot be read
+    sets C{error}, is logged and is closed.
+    """
 
     noisy = False
+    log = Logger()
 
     def __init__(self, on_packets: PacketCallback) -> None:
         self.on_packets = on_packets
-        self.parser = PacketStreamParser()
+        self.parser = DataStreamParser()
         self.connected_deferred: defer.Deferred[TcpPacketReceiver] = defer.Deferred()
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.error: Optional[str] = None
+        self.bytes_received = 0
+        self.packets = 0
+        """Packets decoded and delivered."""
 
     @property
     def loss(self) -> LossCounters:
-        return LossCounters(malformed=self.parser.malformed)
+        return LossCounters(lost_packets=self.parser.lost_packets, malformed=self.parser.malformed)
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
-        packets = self.parser.feed(data)
-        if packets:
-            self.on_packets(packets)
+        self.bytes_received += len(data)
+        self._deliver(self.parser.feed(data))
         if self.parser.error is not None and self.error is None:
             self.error = self.parser.error
+            peer = getattr(self.transport.getPeer(), "host", "?")  # type: ignore[union-attr]
+            self.log.warn("Data channel from {peer} is unreadable: {error}", peer=peer, error=self.error)
             self.transport.loseConnection()  # type: ignore[union-attr]
 
+    def _deliver(self, packets: list[CapturedPacket]) -> None:
+        if packets:
+            self.packets += len(packets)
+            self.on_packets(packets)
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.error is None:
+            self._deliver(self.parser.end())  # a packet held back for bytes that will never come
         self.lost.callback(None)
 
 
@@ -243,6 +261,8 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
         self.udpstr = UdpStrDecoder()
         self.classic = ClassicDatagramDecoder()
         self.datagrams = 0
+        self.packets = 0
+        """Packets decoded and delivered."""
 
     @property
     def loss(self) -> LossCounters:
@@ -259,6 +279,7 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
         decoder = self.udpstr if is_udpstr_datagram(datagram) else self.classic
         packets = decoder.feed(datagram)
         if packets:
+            self.packets += len(packets)
             self.on_packets(packets)
 
 
@@ -288,6 +309,18 @@ class RemoteCapture:
     @property
     def loss(self) -> LossCounters:
         return self.receiver.loss  # type: ignore[no-any-return]
+
+    @property
+    def data_error(self) -> Optional[str]:
+        """Why the TCP data stream could not be read, if it could not (it is closed then)."""
+        return self.receiver.error if isinstance(self.receiver, TcpPacketReceiver) else None
+
+    @property
+    def nothing_decoded(self) -> bool:
+        """Whether the data channel carried bytes of which not one packet could be decoded."""
+        if isinstance(self.receiver, TcpPacketReceiver):
+            return self.receiver.bytes_received > 0 and self.receiver.packets == 0
+        return bool(self.receiver.datagrams > 0 and self.receiver.packets == 0)
 
     @property
     def data_lost(self) -> Optional[defer.Deferred[None]]:

@@ -42,6 +42,13 @@ class UsageError(Exception):
     pass
 
 
+class DataChannelError(Exception):
+    """The capture's data channel could not be read: exit status 3."""
+
+
+EXIT_DATA_CHANNEL = 3
+
+
 @attrs.frozen
 class Source:
     scheme: str
@@ -349,6 +356,10 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
     if not finished:  # else shutdown (Ctrl-C) is finishing, and its trigger is spent
         reactor.removeSystemEventTrigger(shutdown)
     await finish()
+    if capture.data_error is not None:
+        raise DataChannelError(f"the data channel could not be read: {capture.data_error}")
+    if capture.nothing_decoded:
+        raise DataChannelError("the data channel carried data, but not one packet could be decoded from it")
     return 0
 
 
@@ -362,6 +373,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         except (UsageError, ValueError) as e:
             sys.stderr.write(f"rpcap-dump: {e}\n")
             code = 2
+        except DataChannelError as e:
+            sys.stderr.write(f"rpcap-dump: {e}\n")
+            code = EXIT_DATA_CHANNEL
         except RemoteError as e:
             sys.stderr.write(f"rpcap-dump: the daemon refused: {e.text} (error {e.code})\n")
             code = 1

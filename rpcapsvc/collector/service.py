@@ -152,7 +152,12 @@ class DaemonSession:
 
     def _data_lost(self) -> None:
         if self.files is not None:  # not our own doing: hang up, and the daemon reconnects
-            self.log.warn("Daemon {host}: data connection lost; ending the session", host=self.host)
+            why = self.capture.data_error if self.capture is not None else None
+            self.log.warn(
+                "Daemon {host}: data connection {what}; ending the session",
+                host=self.host,
+                what=f"unreadable ({why})" if why else "lost",
+            )
             self.client.close()
 
     def on_packets(self, packets: list[CapturedPacket]) -> None:

@@ -26,6 +26,10 @@ packet in progress and picks the stream up again at the next C{firsthdridx}.
 It never raises on what it is fed: a datagram from an untrusted UDP socket
 that does not make sense is counted in C{malformed} and skipped.
 
+The fork frames TCP data channels with udpstr too, the datagrams written
+back to back with nothing between them; L{UdpStrStreamParser} reads that,
+and L{DataStreamParser} tells it from the classic framing by the first bytes.
+
 Pure code, no I/O; see C{docs/protocol.md}.
 """
 
@@ -46,6 +50,7 @@ from .datachannel import (
     PKTHDR_SIZE,
     CapturedPacket,
     PacketBatch,
+    PacketStreamParser,
     encode_packet_records,
 )
 from .wire import PROTOCOL_VERSION, MessageType
@@ -370,3 +375,413 @@ def packets_touched(datagram: bytes) -> int:
         _, _, caplen, _, _ = PKTHDR.unpack_from(datagram, position)
         position += PKTHDR_SIZE + caplen
     return count
+
+
+# --- udpstr over a TCP data channel ---------------------------------------------------
+
+MAX_STREAM_DATAGRAM = 0xFFFF
+"""The longest datagram a udpstr stream can hold: every offset in it must fit C{firsthdridx}."""
+MIN_STREAM_MTU = UDPSTR_HEADER_SIZE + _SEND_MARGIN + 1
+"""The smallest MTU with which the fork's send loop ends (see L{MIN_MTU})."""
+
+_DATAGRAM, _BOUNDARY, _RECORD, _SEARCH = range(4)
+_VERSION_AND_TYPE = bytes((PROTOCOL_VERSION, MessageType.UDPSTR))
+
+
+class _Broken(Exception):
+    """Internal: the udpstr stream contradicts itself; the message says how."""
+
+
+class UdpStrStreamParser:
+    """
+    Reads udpstr over a TCP data channel, as ExtraHop's rpcapd sends it:
+    the datagrams written back to back with no length in front of them.
+
+    A datagram is either exactly the sender's MTU long, possibly cut inside
+    a packet record, or shorter and then ends at a record end.  The parser
+    walks the records (20-byte C{rpcap_pkthdr} and captured bytes) and, at
+    each record end, takes a following C{ver=0, type=110} pair for the next
+    datagram's header (a live capture's C{ts_sec} never starts with those
+    bytes).  The MTU is learned from the first datagram cut inside a
+    record: until then the bytes of each record are searched for the next
+    datagram's header, C{00 6E}, a C{firsthdridx} that agrees with the rest
+    of the record, and the next C{seqno}; afterwards a header is expected at
+    exactly every MTU bytes.
+
+    Each packet is delivered as soon as its bytes are in, with one
+    exception while the MTU is still unknown: a record whose last bytes
+    could be the start of a datagram header cut into it, at an offset past
+    every datagram seen so far, waits for up to 7 more bytes (or L{end}).
+    At most one datagram and one record are buffered.
+
+    Anything that contradicts the format (a header that is not udpstr, a
+    C{seqno} that does not follow the last one, a C{firsthdridx} that
+    disagrees with the records, a caplen over L{MAX_CAPLEN}, no datagram
+    boundary within L{MAX_STREAM_DATAGRAM} bytes) sets C{error}, and the
+    parser takes nothing more: a TCP stream cannot be followed past it.
+    """
+
+    def __init__(self) -> None:
+        self.error: Optional[str] = None
+        self.malformed = 0
+        """Always 0: over TCP nothing is skipped, anything wrong is an L{error}."""
+        self.lost_packets = 0
+        """Packets missing from the C{npkt} sequence of those delivered."""
+        self.mtu: Optional[int] = None
+        """The sender's MTU, once a datagram cut inside a record has shown it."""
+        self.datagrams = 0
+        """Datagram headers read."""
+        self._buf = bytearray()
+        self._pos = 0  # index in _buf of the first byte not yet taken
+        self._state = _DATAGRAM
+        self._dgram = 0  # index in _buf (possibly negative) of the current datagram's header
+        self._seqno = 0
+        self._first = NO_FIRST_HEADER
+        self._first_seen = False  # whether a record has begun in the current datagram
+        self._longest = 0  # the longest datagram ended so far: the MTU is at least this
+        self._record = bytearray()  # the record in progress, once the MTU is known
+        self._need = 0  # its length: a header, then header + caplen
+        self._search = 0  # index of the next place to look for a datagram header in a record
+        self._next_npkt = 1
+        self._ended = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: those not yet taken, and the record in progress."""
+        return len(self._buf) - self._pos + len(self._record)
+
+    def feed(self, data: bytes) -> list[CapturedPacket]:
+        """The packets C{data} completes (those before any error included)."""
+        if self.error is not None or self._ended:
+            return []
+        self._buf += data
+        return self._run()
+
+    def end(self) -> list[CapturedPacket]:
+        """
+        The stream has ended: the packet that was held back only because
+        more bytes could have turned its last ones into a datagram header.
+        """
+        if self.error is not None or self._ended:
+            return []
+        self._ended = True
+        return self._run()
+
+    def _run(self) -> list[CapturedPacket]:
+        out: list[CapturedPacket] = []
+        steps = {
+            _DATAGRAM: self._datagram_header,
+            _BOUNDARY: self._boundary,
+            _RECORD: self._continue_record,
+            _SEARCH: self._search_record,
+        }
+        try:
+            while steps[self._state](out):
+                pass
+        except _Broken as e:
+            self.error = str(e)
+            self._buf = bytearray()
+            self._record = bytearray()
+            self._pos = 0
+            return out
+        keep = self._pos
+        if keep:
+            del self._buf[:keep]
+            self._pos = 0
+            self._dgram -= keep
+            self._search -= keep
+        return out
+
+    def _deliver(self, record: bytes | bytearray, start: int, end: int, out: list[CapturedPacket]) -> None:
+        sec, usec, caplen, length, npkt = PKTHDR.unpack_from(record, start)
+        gap = (npkt - self._next_npkt) & _U32
+        if gap < _HALF_U32:
+            self.lost_packets += gap
+            self._next_npkt = (npkt + 1) & _U32
+        out.append(CapturedPacket(sec, usec, caplen, length, npkt, bytes(record[start + PKTHDR_SIZE : end])))
+
+    def _where(self) -> str:
+        return f"udpstr datagram {self._seqno}"
+
+    def _datagram_header(self, out: list[CapturedPacket]) -> bool:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < UDPSTR_HEADER_SIZE:
+            if buf[pos : pos + 2] != _VERSION_AND_TYPE[: len(buf) - pos]:
+                raise _Broken(f"expected a udpstr datagram header, found bytes {buf[pos:].hex(' ')}")
+            return False
+        version, mtype, first, seqno = UDPSTR_HEADER.unpack_from(buf, pos)
+        if version != PROTOCOL_VERSION or mtype != MessageType.UDPSTR:
+            raise _Broken(
+                f"expected a udpstr datagram header, found bytes {buf[pos : pos + 8].hex(' ')}"
+                + (f" after datagram {self._seqno}" if self.datagrams else "")
+            )
+        if self.datagrams and seqno != (self._seqno + 1) & _U32:
+            raise _Broken(
+                f"udpstr datagram {seqno} follows datagram {self._seqno} (seqno must go up by 1 over TCP)"
+            )
+        limit = self.mtu if self.mtu is not None else MAX_STREAM_DATAGRAM
+        if first != NO_FIRST_HEADER and not UDPSTR_HEADER_SIZE <= first < limit:
+            raise _Broken(f"udpstr datagram {seqno}: firsthdridx {first} is out of range")
+        in_record = self._need != 0  # a record continues into this datagram
+        if in_record and self._need > PKTHDR_SIZE:
+            rest = self._need - len(self._record)
+            if first != NO_FIRST_HEADER and first != UDPSTR_HEADER_SIZE + rest:
+                raise _Broken(
+                    f"udpstr datagram {seqno}: firsthdridx {first}, but the packet continued into it "
+                    f"ends at offset {UDPSTR_HEADER_SIZE + rest}"
+                )
+        elif not in_record and first not in (UDPSTR_HEADER_SIZE, NO_FIRST_HEADER):
+            raise _Broken(f"udpstr datagram {seqno}: firsthdridx {first}, but a packet begins at offset 8")
+        self._dgram = pos
+        self._seqno = seqno
+        self._first = first
+        self._first_seen = False
+        self.datagrams += 1
+        self._pos = pos + UDPSTR_HEADER_SIZE
+        self._state = _RECORD if in_record else _BOUNDARY
+        return True
+
+    def _end_datagram(self, length: int) -> None:
+        if self._first != NO_FIRST_HEADER and not self._first_seen:
+            raise _Broken(
+                f"{self._where()}: firsthdridx {self._first}, but no packet begins there "
+                f"(the datagram ends at offset {length})"
+            )
+        if length > self._longest:
+            self._longest = length
+        self._state = _DATAGRAM
+
+    def _boundary(self, out: list[CapturedPacket]) -> bool:
+        """Between records: the next datagram's header, or the next record."""
+        buf, pos = self._buf, self._pos
+        offset = pos - self._dgram
+        if self.mtu is not None and offset >= self.mtu:
+            self._end_datagram(offset)
+            return True
+        available = len(buf) - pos
+        if available < 2:
+            return False  # even a first byte of 0 could begin either
+        if buf[pos] == PROTOCOL_VERSION and buf[pos + 1] == MessageType.UDPSTR:
+            self._end_datagram(offset)
+            return True
+        if self._first == NO_FIRST_HEADER:
+            raise _Broken(
+                f"{self._where()}: firsthdridx says no packet begins in it, but one begins at offset {offset}"
+            )
+        if not self._first_seen and self._first != offset:
+            raise _Broken(
+                f"{self._where()}: firsthdridx {self._first}, but the first packet begins at offset {offset}"
+            )
+        self._first_seen = True
+        if offset >= MAX_STREAM_DATAGRAM:
+            raise _Broken(f"no udpstr datagram boundary within {MAX_STREAM_DATAGRAM} bytes")
+        if self.mtu is None:
+            self._search = pos + 1
+            self._state = _SEARCH
+            return True
+        datagram_end = self._dgram + self.mtu
+        if available >= PKTHDR_SIZE and pos + PKTHDR_SIZE <= datagram_end:
+            # The whole record at hand, in this datagram: no copy to assemble it.
+            caplen = _caplen_at(buf, pos)
+            end = pos + PKTHDR_SIZE + caplen
+            if end <= len(buf) and end <= datagram_end:
+                self._deliver(buf, pos, end, out)
+                self._pos = end
+                return True
+        self._record = bytearray()
+        self._need = PKTHDR_SIZE
+        self._state = _RECORD
+        return True
+
+    def _continue_record(self, out: list[CapturedPacket]) -> bool:
+        """A record read once the MTU is known: a datagram header at every MTU bytes."""
+        assert self.mtu is not None
+        buf, pos = self._buf, self._pos
+        room = self._dgram + self.mtu - pos
+        if room <= 0:
+            self._end_datagram(pos - self._dgram)
+            return True
+        record = self._record
+        take = min(self._need - len(record), room, len(buf) - pos)
+        if take <= 0:
+            return False
+        record += buf[pos : pos + take]
+        self._pos = pos + take
+        if len(record) < self._need:
+            return True
+        if self._need == PKTHDR_SIZE:
+            caplen = _caplen_at(record, 0)
+            self._need = PKTHDR_SIZE + caplen
+            if caplen:
+                return True
+        self._deliver(record, 0, len(record), out)
+        self._record = bytearray()
+        self._need = 0
+        self._state = _BOUNDARY
+        return True
+
+    def _search_record(self, out: list[CapturedPacket]) -> bool:
+        """
+        A record read while the MTU is unknown: the first place in it where
+        the next datagram's header sits is where the sender cut the
+        datagram, and says the MTU; with none, the record is whole.
+        """
+        buf, start = self._buf, self._pos
+        size = len(buf)
+        dgram = self._dgram
+        caplen: Optional[int] = None
+        if size - start >= PKTHDR_SIZE:
+            caplen = PKTHDR.unpack_from(buf, start)[2]
+        # A cut at p leaves the header in buf[p:p + 8]; p lies inside the record,
+        # past every datagram already seen, and within the longest datagram.
+        stop = dgram + MAX_STREAM_DATAGRAM + 1
+        if caplen is None or caplen > MAX_CAPLEN:
+            stop = min(stop, start + PKTHDR_SIZE)  # only a cut in the header can make sense of it
+        else:
+            stop = min(stop, start + PKTHDR_SIZE + caplen)
+        position = max(self._search, start + 1, dgram + max(MIN_STREAM_MTU, self._longest))
+        limit = min(stop, size)
+        while position < limit:
+            found = buf.find(_VERSION_AND_TYPE, position, limit + 1)
+            if found < 0:
+                if limit == size and size - 1 >= position and buf[size - 1] == PROTOCOL_VERSION:
+                    if not self._ended:  # perhaps the first byte of a header
+                        self._search = size - 1
+                        return False
+                position = limit
+                break
+            verdict = self._cut_at(found, start, caplen)
+            if verdict is None:
+                self._search = found
+                return False
+            if verdict:
+                return True
+            position = found + 1
+        self._search = position
+        if position < stop or caplen is None:
+            return False  # more of the record to come
+        if caplen > MAX_CAPLEN:
+            raise _Broken(f"{self._where()}: packet caplen {caplen} is over {MAX_CAPLEN}")
+        end = start + PKTHDR_SIZE + caplen
+        if end - dgram > MAX_STREAM_DATAGRAM:
+            raise _Broken(
+                f"no udpstr datagram boundary within {MAX_STREAM_DATAGRAM} bytes of datagram {self._seqno}"
+            )
+        if end > size:
+            return False
+        # No cut inside: the record is whole.
+        self._deliver(buf, start, end, out)
+        self._pos = end
+        self._state = _BOUNDARY
+        return True
+
+    def _cut_at(self, cut: int, start: int, caplen: Optional[int]) -> Optional[bool]:
+        """
+        Whether the datagram was cut at C{cut} inside the record that
+        begins at C{start} (C{None}: too few bytes yet to tell); if it was,
+        the MTU is learned and the record goes on in the next datagram.
+        """
+        buf = self._buf
+        header = bytes(buf[cut : cut + UDPSTR_HEADER_SIZE])
+        seqno = ((self._seqno + 1) & _U32).to_bytes(4, "big")
+        if header[4:] != seqno[: max(0, len(header) - 4)]:
+            return False
+        length = cut - self._dgram
+        before = cut - start  # record bytes in this datagram
+        if len(header) >= 4:
+            first = int.from_bytes(header[2:4], "big")
+            if first != NO_FIRST_HEADER and not UDPSTR_HEADER_SIZE < first < length:
+                return False
+        if before < PKTHDR_SIZE:
+            # A cut in the packet header: its caplen is in the bytes after ours.
+            tail = buf[cut + UDPSTR_HEADER_SIZE : cut + UDPSTR_HEADER_SIZE + PKTHDR_SIZE - before]
+            if len(tail) < PKTHDR_SIZE - before:
+                return False if self._ended else None
+            caplen = PKTHDR.unpack(bytes(buf[start:cut]) + tail)[2]
+            if caplen > MAX_CAPLEN:
+                return False
+        assert caplen is not None
+        rest = PKTHDR_SIZE + caplen - before
+        allowed = [NO_FIRST_HEADER.to_bytes(2, "big")]
+        if UDPSTR_HEADER_SIZE + rest < length:
+            allowed.append((UDPSTR_HEADER_SIZE + rest).to_bytes(2, "big"))
+        if not any(f.startswith(header[2:4]) for f in allowed):
+            return False
+        if len(header) < UDPSTR_HEADER_SIZE:
+            return False if self._ended else None
+        # The cut: this datagram is exactly the MTU long.
+        self.mtu = length
+        self._record = bytearray(buf[start:cut])
+        self._need = PKTHDR_SIZE if before < PKTHDR_SIZE else PKTHDR_SIZE + caplen
+        self._pos = cut
+        self._end_datagram(length)
+        return True
+
+
+def _caplen_at(data: bytes | bytearray, offset: int) -> int:
+    caplen: int = PKTHDR.unpack_from(data, offset)[2]
+    if caplen > MAX_CAPLEN:
+        raise _Broken(f"packet caplen {caplen} is over {MAX_CAPLEN}: not a packet header")
+    return caplen
+
+
+class DataStreamParser:
+    """
+    Reads a TCP data channel in whichever framing the daemon chose, told
+    from its first two bytes: C{ver=0, type=7} is libpcap's (one type-7
+    message per packet, L{PacketStreamParser}), C{ver=0, type=110} is
+    udpstr (ExtraHop's rpcapd sends it on TCP too, L{UdpStrStreamParser});
+    anything else sets C{error}.
+    """
+
+    def __init__(self) -> None:
+        self.parser: Optional[PacketStreamParser | UdpStrStreamParser] = None
+        """The parser the first bytes chose, once they are in."""
+        self._head = b""
+        self._error: Optional[str] = None
+
+    @property
+    def framing(self) -> Optional[str]:
+        """C{"classic"}, C{"udpstr"}, or C{None} before the first two bytes."""
+        if self.parser is None:
+            return None
+        return "udpstr" if isinstance(self.parser, UdpStrStreamParser) else "classic"
+
+    @property
+    def error(self) -> Optional[str]:
+        return self._error if self.parser is None else self.parser.error
+
+    @property
+    def malformed(self) -> int:
+        return 0 if self.parser is None else self.parser.malformed
+
+    @property
+    def lost_packets(self) -> int:
+        return self.parser.lost_packets if isinstance(self.parser, UdpStrStreamParser) else 0
+
+    @property
+    def mtu(self) -> Optional[int]:
+        return self.parser.mtu if isinstance(self.parser, UdpStrStreamParser) else None
+
+    def feed(self, data: bytes) -> list[CapturedPacket]:
+        """The packets C{data} completes (those before any error included)."""
+        if self.parser is None:
+            if self._error is not None:
+                return []
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return []
+            self._head = b""
+            if data[0] == PROTOCOL_VERSION and data[1] == MessageType.PACKET:
+                self.parser = PacketStreamParser()
+            elif data[0] == PROTOCOL_VERSION and data[1] == MessageType.UDPSTR:
+                self.parser = UdpStrStreamParser()
+            else:
+                self._error = f"not an RPCAP data stream (first bytes {data[:2].hex(' ')})"
+                return []
+        return self.parser.feed(data)
+
+    def end(self) -> list[CapturedPacket]:
+        """The stream has ended: any packet held back until then (udpstr only)."""
+        return self.parser.end() if isinstance(self.parser, UdpStrStreamParser) else []

@@ -4,7 +4,8 @@ Data channels: where a session's captured packets go.
 A sink takes whole L{PacketBatch}es from the capture reader and writes each
 as few times as it can: one C{write} per batch over TCP, one datagram per
 packet over classic UDP, MTU-sized datagrams packed with many packets over
-udpstr (ExtraHop's format, C{--udp-mtu}).  L{DataChannels} opens sinks with a
+udpstr (ExtraHop's format, C{--udp-mtu}; over TCP too with C{--udpstr-tcp},
+as the fork frames every channel).  L{DataChannels} opens sinks with a
 reactor; the session only sees L{IPacketSink}.
 """
 
@@ -56,12 +57,19 @@ class IDataChannels(Interface):
     """Opens a session's data channel; see L{DataChannels}."""
 
     def listen_tcp(
-        interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
+        interface: str,
+        allowed_host: str,
+        snaplen: int,
+        tls: Optional[TlsSettings] = None,
+        read_timeout_ms: int = 1000,
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
-        """Listen on a fresh port for the client's data connection: the port, and the sink to come."""
+        """
+        Listen on a fresh port for the client's data connection: the port, and the sink to come.
+        C{read_timeout_ms} is the capture's: how long a partly filled udpstr datagram may wait.
+        """
 
     def connect_tcp(
-        host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+        host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None, read_timeout_ms: int = 1000
     ) -> defer.Deferred[IPacketSink]:
         """Connect to the client's data port."""
 
@@ -131,6 +139,53 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost(f"data connection closed: {reason.getErrorMessage()}")
+
+
+@implementer(IPacketSink)
+class TcpUdpStrPacketSink(TcpPacketSink):
+    """
+    udpstr over a TCP data connection, as ExtraHop's rpcapd frames every
+    data channel: the datagrams of L{UdpStrFramer} written back to back, one
+    C{write} per batch.  As over UDP, a partly filled datagram goes out when
+    the capture has been quiet for the read timeout, and on close.
+    """
+
+    def __init__(self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float) -> None:
+        super().__init__(snaplen)
+        self.framer = UdpStrFramer(mtu)
+        self._clock = clock
+        self._flush_after = flush_after
+        self._flush_call: Optional[IDelayedCall] = None
+
+    def write_batch(self, batch: PacketBatch) -> None:
+        datagrams = self.framer.pack_batch(batch, self.snaplen, self.sent + 1)
+        self.sent += len(batch)
+        if datagrams:
+            self.transport.write(b"".join(datagrams))  # type: ignore[union-attr]
+        if self.framer.pending and self._flush_call is None:
+            self._flush_call = self._clock.callLater(self._flush_after, self.flush)
+
+    def flush(self) -> None:
+        """Send the partly filled datagram, if there is one."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self.transport is None:
+            return
+        datagram = self.framer.flush()
+        if datagram is not None:
+            self.transport.write(datagram)
+
+    def close(self) -> None:
+        if not self._closing:
+            self.flush()
+        super().close()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        super().connectionLost(reason)
 
 
 _TRANSIENT_SEND_ERRORS = {
@@ -269,22 +324,35 @@ class DataChannels:
         accept_timeout: float = 30.0,
         udp_mtu: int = 0,
         udp_sndbuf: Optional[int] = None,
+        tcp_udpstr: bool = False,
     ) -> None:
         self._reactor = reactor
         self.accept_timeout = accept_timeout
         self.udp_mtu = udp_mtu
         """Non-zero: UDP data channels use udpstr datagrams of at most this size."""
         self.udp_sndbuf = udp_sndbuf
+        self.tcp_udpstr = tcp_udpstr
+        """With C{udp_mtu}: TCP data channels carry udpstr datagrams too, as ExtraHop's rpcapd does."""
+
+    def _tcp_sink(self, snaplen: int, read_timeout_ms: int) -> TcpPacketSink:
+        if self.tcp_udpstr and self.udp_mtu:
+            return TcpUdpStrPacketSink(snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0)
+        return TcpPacketSink(snaplen)
 
     def listen_tcp(
-        self, interface: str, allowed_host: str, snaplen: int, tls: Optional[TlsSettings] = None
+        self,
+        interface: str,
+        allowed_host: str,
+        snaplen: int,
+        tls: Optional[TlsSettings] = None,
+        read_timeout_ms: int = 1000,
     ) -> tuple[int, defer.Deferred[IPacketSink]]:
         """
         Listen on a fresh port of C{interface} for one connection from
         C{allowed_host}; the Deferred fires with the sink once it connects,
         or fails after the accept timeout.
         """
-        sink = TcpPacketSink(snaplen)
+        sink = self._tcp_sink(snaplen, read_timeout_ms)
         port: IListeningPort = self._reactor.listenTCP(  # type: ignore[attr-defined]
             0, SingleProtocolFactory(sink, tls, allowed_host), backlog=1, interface=interface
         )
@@ -318,11 +386,16 @@ class DataChannels:
         return port.getHost().port, result  # type: ignore[attr-defined]
 
     def connect_tcp(
-        self, host: str, port: int, snaplen: int, tls: Optional[TlsSettings] = None
+        self,
+        host: str,
+        port: int,
+        snaplen: int,
+        tls: Optional[TlsSettings] = None,
+        read_timeout_ms: int = 1000,
     ) -> defer.Deferred[IPacketSink]:
         from twisted.internet.endpoints import HostnameEndpoint
 
-        sink = TcpPacketSink(snaplen)
+        sink = self._tcp_sink(snaplen, read_timeout_ms)
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.accept_timeout)
         factory = SingleProtocolFactory(sink, tls)
         d: defer.Deferred[Any] = endpoint.connect(factory)

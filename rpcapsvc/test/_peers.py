@@ -3,8 +3,9 @@ Where the reference peers are, for the interop tests and benchmarks.
 
 The peers are libpcap 1.10.5 built with remote capture: its ``rpcapd`` and
 ``rpcap-peer-client`` (``interop/rpcap-peer-client.c``, libpcap's own client
-API driven from the command line, printing JSON lines).  ``make peers``
-(``scripts/build-reference-peers.sh``) builds both into ``<repo>/.peers``;
+API driven from the command line, printing JSON lines); and ExtraHop's fork
+of rpcapd, ``extrahop-rpcapd``.  ``make peers``
+(``scripts/build-reference-peers.sh``) builds them into ``<repo>/.peers``;
 set C{RPCAPSVC_PEERS} to use another prefix.  ``tshark`` comes from the
 system (``scripts/install-system-deps.sh``).
 
@@ -55,6 +56,11 @@ def reference_rpcapd_path() -> Optional[Path]:
     return _executable(prefix / "bin" / "rpcapd") or _executable(prefix / "sbin" / "rpcapd")
 
 
+def extrahop_rpcapd_path() -> Optional[Path]:
+    """The built C{extrahop-rpcapd} (ExtraHop's fork of rpcapd), or C{None}."""
+    return _executable(peer_prefix() / "bin" / "extrahop-rpcapd")
+
+
 def tshark_path() -> Optional[Path]:
     """The system's C{tshark} (it has an RPCAP dissector), or C{None}."""
     found = shutil.which("tshark")
@@ -76,6 +82,15 @@ def skip_reason_for_rpcapd() -> Optional[str]:
     """
     if reference_rpcapd_path() is None:
         return f"libpcap 1.10.5 rpcapd not built (no {peer_prefix() / 'bin' / 'rpcapd'}): {_BUILD_HINT}"
+    return None
+
+
+def skip_reason_for_extrahop() -> Optional[str]:
+    """
+    Why tests against ExtraHop's C{rpcapd} cannot run here, or C{None} if they can.
+    """
+    if extrahop_rpcapd_path() is None:
+        return f"ExtraHop's rpcapd not built (no {peer_prefix() / 'bin' / 'extrahop-rpcapd'}): {_BUILD_HINT}"
     return None
 
 
@@ -112,6 +127,25 @@ def start_reference_rpcapd(*args: str, **popen_kwargs: object) -> subprocess.Pop
     rpcapd = reference_rpcapd_path()
     if rpcapd is None:
         raise RuntimeError(skip_reason_for_rpcapd())
+    popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
+    popen_kwargs["start_new_session"] = True
+    return subprocess.Popen([str(rpcapd), *args], **popen_kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def start_extrahop_rpcapd(*args: str, **popen_kwargs: object) -> subprocess.Popen[bytes]:
+    """
+    Start ExtraHop's C{rpcapd} with C{args} (e.g. C{"-n", "-b", "127.0.0.1",
+    "-p", "12002"}, or C{"-n", "-v", "-a", "127.0.0.1,12003"}); give no C{-d},
+    so that it stays in the foreground.
+
+    Always in a new session: like libpcap's, it kills its whole process
+    group when it stops, which would otherwise include the test runner.
+    Stop it with C{os.killpg(process.pid, ...)}: that reaches the children
+    it forks too.
+    """
+    rpcapd = extrahop_rpcapd_path()
+    if rpcapd is None:
+        raise RuntimeError(skip_reason_for_extrahop())
     popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
     popen_kwargs["start_new_session"] = True
     return subprocess.Popen([str(rpcapd), *args], **popen_kwargs)  # type: ignore[call-overload,no-any-return]
