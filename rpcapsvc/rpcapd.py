@@ -104,6 +104,8 @@ class Invocation:
     """Options of C{twistd rpcapd}."""
     notices: list[str] = attrs.Factory(list)
     """Lines to log once the daemon runs (switches ignored, settings adjusted)."""
+    summary: str = ""
+    """One line saying which of the fork's defaults are in force."""
     save_to: Optional[str] = None
     command_line_config: DaemonConfig = DaemonConfig()
     """The configuration the command line gives, as C{-s} saves it."""
@@ -302,6 +304,11 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
     if mtu:
         args += ["--udp-mtu", str(mtu), "--udpstr-tcp"]
     args += ["--udp-sndbuf", str(sndbuf), "--buffer-size", str(bufsize)]
+    framing = f"udpstr at MTU {mtu} (-t 0 for classic)" if mtu else "classic, as libpcap's (-t 0)"
+    inv.summary = (
+        f"ExtraHop-style rpcapd: data framing {framing} on TCP and UDP; "
+        f"capture buffer {bufsize} bytes (-z), UDP send buffer {sndbuf} bytes (-u)"
+    )
 
     twistd = inv.twistd_args
     if daemon:
@@ -358,6 +365,7 @@ def main(argv: Optional[list[str]] = None, run: Optional[Callable[[], object]] =
     from twisted.logger import Logger
 
     log = Logger(namespace="rpcapd")
+    reactor.callWhenRunning(log.info, "{summary}", summary=inv.summary)  # type: ignore[attr-defined]
     for notice in inv.notices:
         reactor.callWhenRunning(log.warn, "{notice}", notice=notice)  # type: ignore[attr-defined]
     sys.argv = ["rpcapd", *inv.twistd_args, "rpcapd", *inv.rpcapd_args]

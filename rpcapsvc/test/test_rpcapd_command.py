@@ -96,6 +96,12 @@ class TranslateTests(SynchronousTestCase):
         self.assertEqual(option_values(args, "--auth"), ["unix"])
         self.assertIn("--null-auth", args)
 
+    def test_summary(self) -> None:
+        """The framing and buffer sizes in force are logged in one line at start."""
+        self.assertIn("udpstr at MTU 1472", self.translate("-n").summary)
+        self.assertIn("16777216", self.translate("-n").summary)
+        self.assertIn("classic", self.translate("-n", "-t", "0").summary)
+
     def test_classic_framing(self) -> None:
         args = self.translate("-n", "-t", "0").rpcapd_args
         self.assertEqual(option_values(args, "--udp-mtu"), [])
