@@ -378,6 +378,13 @@ class _PasswordChecker:
                     user=name,
                     error=failure.getErrorMessage(),
                 )
+            elif failure.check(OSError):
+                # The operator's to fix (a shadow file we may not read), not a bug: one line.
+                self.log.error(
+                    "Password login for {user} refused: cannot read the account database: {error}",
+                    user=name,
+                    error=failure.getErrorMessage(),
+                )
             else:
                 self.log.failure("Could not check the password of {user}", failure, user=name)
             return Failure(UnauthorizedLogin())

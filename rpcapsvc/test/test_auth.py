@@ -289,8 +289,13 @@ class SystemAccountCheckerTests(CheckerTestMixin, SynchronousTestCase):
         checker = SystemAccountChecker(
             run_blocking=in_place, shadow_path="/nonexistent/shadow", getpwnam=self.system.getpwnam
         )
+        events: list[dict[str, Any]] = []
+        self.patch(checker, "log", Logger(observer=events.append))
         self.assertIs(self.login(checker, b"alice", b"alice-pw"), UnauthorizedLogin)
-        self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("Password login for alice refused: cannot read the account database", line)
+        self.assertIn("/nonexistent/shadow", line)
+        self.assertNotIn("log_failure", events[0])
 
     def test_checks_in_the_reactors_thread_pool(self) -> None:
         """By default the hash is computed in the reactor's thread pool, not in the reactor thread."""
