@@ -188,14 +188,33 @@ class TcpUdpStrPacketSink(TcpPacketSink):
         super().connectionLost(reason)
 
 
-_TRANSIENT_SEND_ERRORS = {
-    errno.EAGAIN,
-    errno.EWOULDBLOCK,
-    errno.ENOBUFS,
-    errno.ECONNREFUSED,
-    errno.EMSGSIZE,
-    errno.EINTR,
-}
+NETWORK_SEND_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EAGAIN",
+        "EWOULDBLOCK",
+        "EINTR",
+        "ENOBUFS",
+        "ENOMEM",
+        "EMSGSIZE",
+        "ECONNREFUSED",  # ICMP port unreachable
+        "EHOSTUNREACH",  # ICMP host unreachable or administratively prohibited (a firewall's reject)
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "ENETDOWN",
+        "EACCES",  # ICMP prohibited codes on some kernels
+        "EPERM",  # a local firewall rule
+        "ENONET",
+        "EPROTO",
+        "EOPNOTSUPP",
+    )
+    if hasattr(errno, name)
+)
+"""
+Send errors that a network or the kernel's state can produce: each loses the
+datagram and is counted; the capture goes on.  Anything else (a closed
+socket) is a fault and ends the capture with an error.
+"""
 
 
 @implementer(IPacketSink)
@@ -215,14 +234,43 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         sock = getattr(self.transport, "socket", None)
         return sock.send if sock is not None else self.transport.write  # type: ignore[union-attr,return-value]
 
+    def __init__(self, snaplen: int) -> None:
+        super().__init__(snaplen)
+        self.send_errors: dict[str, int] = {}
+        """Datagrams refused, by the reason the kernel gave (each reason logged once)."""
+
+    def _refused(self, error: Exception) -> None:
+        # The network or the kernel's state (a full buffer, an ICMP
+        # unreachable or prohibited from a firewall, no route, a local
+        # firewall's EPERM): the datagram is lost, the capture goes on, and
+        # the client sees the loss in the stats.
+        why = errno.errorcode.get(getattr(error, "errno", None) or 0, "") or type(error).__name__
+        if why not in self.send_errors:
+            self.log.warn(
+                "UDP data to {peer}: datagrams refused ({why}: {error}); counted as drops",
+                peer=self._peer(),
+                why=why,
+                error=error,
+            )
+        self.send_errors[why] = self.send_errors.get(why, 0) + 1
+
+    def _peer(self) -> str:
+        try:
+            host, port = self.transport.socket.getpeername()[:2]  # type: ignore[union-attr]
+        except Exception:
+            return "the client"
+        return f"{host}:{port}"
+
     def _send(self, datagram: bytes) -> bool:
         try:
             self._sender()(datagram)
-        except MessageLengthError:
+        except MessageLengthError as e:
+            self._refused(e)
             return False
         except OSError as e:
-            if e.errno not in _TRANSIENT_SEND_ERRORS:
+            if e.errno not in NETWORK_SEND_ERRORS:
                 raise
+            self._refused(e)
             return False
         return True
 
@@ -233,11 +281,13 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         for message in messages:
             try:
                 send(message)
-            except MessageLengthError:
+            except MessageLengthError as e:
+                self._refused(e)
                 continue
             except OSError as e:
-                if e.errno not in _TRANSIENT_SEND_ERRORS:
+                if e.errno not in NETWORK_SEND_ERRORS:
                     raise
+                self._refused(e)
                 continue
             sent += 1
         self.sent += sent
@@ -357,8 +407,17 @@ class DataChannels:
             0, SingleProtocolFactory(sink, tls, allowed_host), backlog=1, interface=interface
         )
 
+        stopped: list[bool] = []
+
+        def stop_listening() -> None:
+            # Once only: a port stopped twice fails inside Twisted ("'Port'
+            # object has no attribute 'socket'"), in a Deferred no one reads.
+            if not stopped:
+                stopped.append(True)
+                port.stopListening()
+
         def cancel(d: defer.Deferred[IPacketSink]) -> None:
-            port.stopListening()
+            stop_listening()
 
         def time_out() -> None:
             if not result.called:
@@ -368,7 +427,7 @@ class DataChannels:
         timeout = self._reactor.callLater(self.accept_timeout, time_out)  # type: ignore[attr-defined]
 
         def connected(s: TcpPacketSink) -> TcpPacketSink:
-            port.stopListening()
+            stop_listening()
             if timeout.active():
                 timeout.cancel()
             if not result.called:
@@ -376,7 +435,7 @@ class DataChannels:
             return s
 
         def cleanup(r: object) -> object:
-            port.stopListening()
+            stop_listening()
             if timeout.active():
                 timeout.cancel()
             return r

@@ -7,12 +7,14 @@ over in-memory transports and reactors.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, MessageLengthError
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -187,6 +189,24 @@ class UdpPacketSinkTests(SynchronousTestCase):
         self.assertEqual(next(iter_packet_messages(transport.datagrams[-1])).npkt, 5)
         self.assertEqual((sink.sent, sink.dropped), (3, 2))
 
+    def test_network_errors_counted_and_survived(self) -> None:
+        """
+        Every error a network can produce for a UDP flow (a firewall's ICMP
+        reject is EHOSTUNREACH) loses that datagram only; each kind is
+        logged once and counted.
+        """
+        kinds = [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM, errno.EACCES, errno.ECONNREFUSED]
+        failures: dict[int, Exception] = {i: OSError(e, os.strerror(e)) for i, e in enumerate(kinds)}
+        failures[len(kinds)] = OSError(errno.EHOSTUNREACH, "again")
+        sink, transport = self.make(failures)
+        events: list[dict[str, Any]] = []
+        self.patch(sink, "log", Logger(observer=events.append))
+        sink.write_batch(PacketBatch.from_packets(frames(len(kinds) + 3)))
+        self.assertEqual((sink.sent, sink.dropped), (2, len(kinds) + 1))
+        self.assertEqual(sink.send_errors["EHOSTUNREACH"], 2)
+        self.assertEqual(len(events), len(kinds))  # once per kind
+        self.assertIn("EHOSTUNREACH", formatEvent(events[0]))
+
     def test_message_too_long_counted_as_dropped(self) -> None:
         sink, transport = self.make({0: MessageLengthError("message too long")})
         sink.write_batch(PacketBatch.from_packets(frames(2)))
@@ -252,6 +272,47 @@ class ListenTcpTests(SynchronousTestCase):
         [result] = self.results
         assert isinstance(result, Failure)
         self.assertTrue(result.check(TimeoutError))
+
+
+class CountingPort:
+    """A listening port that counts its stops (a real one fails on the second)."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stopListening(self) -> None:
+        self.stops += 1
+        if self.stops > 1:
+            raise AttributeError("'Port' object has no attribute 'socket'")
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "192.0.2.1", 40000)
+
+
+class ListenTcpStopTests(SynchronousTestCase):
+    def make(self) -> tuple[CountingPort, defer.Deferred[Any]]:
+        port = CountingPort()
+        self.reactor = MemoryReactorClock()
+        self.patch(self.reactor, "listenTCP", lambda *a, **kw: port)
+        _, d = DataChannels(self.reactor, accept_timeout=5).listen_tcp("192.0.2.1", "192.0.2.10", 200)
+        return port, d
+
+    def test_cancelled_port_stopped_once(self) -> None:
+        """A data port dropped before its connection arrives is stopped once, with nothing logged."""
+        port, d = self.make()
+        d.addErrback(lambda f: f.trap(defer.CancelledError))
+        d.cancel()
+        self.assertEqual(port.stops, 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_timed_out_port_stopped_once(self) -> None:
+        port, d = self.make()
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
+        self.reactor.advance(5)
+        self.assertTrue(failures[0].check(TimeoutError))
+        d.cancel()  # a session ending afterwards cancels it too
+        self.assertEqual(port.stops, 1)
 
 
 class CountingHandle(FakeCaptureHandle):
