@@ -88,6 +88,9 @@ class RpcapdService(MultiService):
         self.reload_on_sighup = reload_on_sighup
         self._static_active = tuple(active)
         self._static_clients = tuple(allowed_clients)
+        # An embedder's own SessionPolicy(allowed_clients=...) stays in force:
+        # the config file and allowed_clients add to it, never replace it.
+        self._policy_clients = tuple(self.policy.allowed_clients)
         self._static_null_auth = self.policy.null_auth
         self._old_sighup: Any = None
         self.collectors: dict[ActiveTarget, ClientService] = {}
@@ -126,7 +129,7 @@ class RpcapdService(MultiService):
         @raise ValueError: a client host name that does not resolve.
         """
         clients = resolve_clients(self._static_clients + config.passive_clients)
-        self.policy.allowed_clients = clients
+        self.policy.allowed_clients = tuple(dict.fromkeys(self._policy_clients + clients))
         self.policy.null_auth = self._static_null_auth or bool(config.null_auth)
         self.set_collectors(self._static_active + config.active)
 

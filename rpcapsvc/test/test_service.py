@@ -592,6 +592,26 @@ class HostNotAllowedTests(ServiceTestBase):
         factory = self.factory(allowed=())
         self.assertIsInstance(connect(factory, "198.51.100.1").request(AuthRequest(0)), AuthReply)
 
+    def test_embedders_policy_respected(self) -> None:
+        """
+        An application's own SessionPolicy(allowed_clients=...) stays in
+        force in the service it builds: the config file adds to it.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("PassiveClient = 198.51.100.7\n")
+        policy = SessionPolicy(null_auth=True, allowed_clients=resolve_clients(["192.0.2.0/28"]))
+        service = self.started(policy=policy, config_path=path)
+        factory = service.passive_factory
+        self.assertIsInstance(connect(factory, "192.0.2.10").request(AuthRequest(0)), AuthReply)
+        self.assertIsInstance(connect(factory, "198.51.100.7").request(AuthRequest(0)), AuthReply)
+        self.assertError(connect(factory, "198.51.100.1").replies()[0], ErrorCode.HOSTNOAUTH)
+        with open(path, "w") as f:
+            f.write("")
+        service.reload()
+        self.assertIsInstance(connect(factory, "192.0.2.10").request(AuthRequest(0)), AuthReply)
+        self.assertError(connect(factory, "198.51.100.7").replies()[0], ErrorCode.HOSTNOAUTH)
+
     def test_active_never_refused(self) -> None:
         """A connection the daemon made to its own collector is served whatever the allow list says."""
         factory = self.factory(active=True)
