@@ -10,7 +10,7 @@ import ipaddress
 from typing import Any, Optional
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,7 +28,7 @@ def _host(address: Optional[IAddress]) -> str:
     return str(getattr(address, "host", "") or "")
 
 
-@implementer(IControlChannel, IPushProducer)
+@implementer(IControlChannel, IPushProducer, IHalfCloseableProtocol)
 class RpcapServerProtocol(protocol.Protocol):
     """
     One RPCAP control connection, server side.  It is the producer of its
@@ -103,6 +103,17 @@ class RpcapServerProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.session is not None:
             self.session.received(self.parser.feed(data))
+
+    # IHalfCloseableProtocol: a client may send its requests, then shut down
+    # its sending side; it still reads the replies.
+    def readConnectionLost(self) -> None:
+        if self.session is not None:
+            self.session.input_ended()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """We never half-close our side; nothing to do."""
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.sessions.discard(self)

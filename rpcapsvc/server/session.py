@@ -267,6 +267,7 @@ class ServerSession:
         self._busy = False
         self._draining = False
         self._replies_backed_up = False
+        self._input_ended = False
         self._yield_call: Optional[IDelayedCall] = None
         self._auth_timer: Optional[IDelayedCall] = self.reactor.callLater(
             policy.auth_timeout, self._auth_timed_out
@@ -331,8 +332,19 @@ class ServerSession:
             return
         if self._busy or self._replies_backed_up or self._queue:
             self.channel.pause_reading()
+        elif self._input_ended:
+            # Every request the client sent is answered: now the session ends.
+            self.close("the client finished sending")
         else:
             self.channel.resume_reading()
+
+    def input_ended(self) -> None:
+        """
+        The client half-closed the control connection: it will send nothing
+        more.  Answer what it sent (as libpcap's rpcapd does), then close.
+        """
+        self._input_ended = True
+        self._drain()
 
     def _request_done(self, _: object) -> None:
         self._busy = False

@@ -621,6 +621,40 @@ class HostNotAllowedTests(ServiceTestBase):
         self.assertTrue(client.connected)
 
 
+class HalfCloseTests(ServiceTestBase):
+    """A client that sends its requests and then shuts down its sending side still gets the replies."""
+
+    def factory(self) -> RpcapServerFactory:
+        return RpcapServerFactory(
+            self.reactor, self.system, SessionPolicy(null_auth=True), FakeDataChannels()
+        )  # type: ignore[arg-type]
+
+    def test_replies_then_close(self) -> None:
+        client = connect(self.factory())
+        client.send(AuthRequest(0), FindAllInterfacesRequest(), OpenRequest("eth0"))
+        client.protocol.readConnectionLost()
+        replies = client.replies()
+        self.assertEqual([type(r) for r in replies], [AuthReply, FindAllInterfacesReply, OpenReply])
+        self.assertFalse(client.connected)
+
+    def test_waits_for_a_slow_request(self) -> None:
+        """A request still in progress (a failed login's delay) is answered before the close."""
+        client = connect(self.factory())
+        client.send(AuthRequest(1, b"mallory", b"guess"), FindAllInterfacesRequest())
+        client.protocol.readConnectionLost()
+        self.assertTrue(client.connected)
+        self.reactor.advance(1.0)
+        replies = client.replies()
+        self.assertEqual([type(r) for r in replies], [ErrorReply, ErrorReply])
+        self.assertFalse(client.connected)
+
+    def test_idle_session_closes(self) -> None:
+        client = connect(self.factory())
+        self.assertIsInstance(client.request(AuthRequest(0)), AuthReply)
+        client.protocol.readConnectionLost()
+        self.assertFalse(client.connected)
+
+
 class InterfaceAddressTests(ServiceTestBase):
     """A collector configured with ifaddr= is limited to the interface carrying that address."""
 
