@@ -78,6 +78,7 @@ class RpcapdService(MultiService):
         allowed_clients: Sequence[str] = (),
         data_channels: Optional[DataChannels] = None,
         reload_on_sighup: bool = False,
+        config: Optional[DaemonConfig] = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -113,10 +114,12 @@ class RpcapdService(MultiService):
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
             self.listeners.append(listener)
-        config = read_config(config_path) if config_path else DaemonConfig()
-        for warning in config.warnings:
-            self.log.warn("{config_warning}", config_warning=warning)
-        self.apply(config)
+        self._pending_config = config
+        if config is not None or not config_path:
+            # Given (already read, as twistd rpcapd does) or none at all:
+            # apply now.  A file still to be read is read at start, so that
+            # the constructor does no I/O.
+            self._apply_first(config or DaemonConfig())
 
     # --- configuration -----------------------------------------------------------
 
@@ -182,7 +185,15 @@ class RpcapdService(MultiService):
 
     # --- service -------------------------------------------------------------------
 
+    def _apply_first(self, config: DaemonConfig) -> None:
+        for warning in config.warnings:
+            self.log.warn("{config_warning}", config_warning=warning)
+        self.apply(config)
+        self._pending_config = config
+
     def startService(self) -> None:
+        if self._pending_config is None and self.config_path:
+            self._apply_first(read_config(self.config_path))
         super().startService()
         if self.reload_on_sighup and self.config_path:
             self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)

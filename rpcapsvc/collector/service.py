@@ -241,7 +241,6 @@ class CollectorService(MultiService):
         self._histories: dict[str, FileHistory] = {}
         self.prefixes: set[str] = set()
         """File-name prefixes of the sessions writing now."""
-        os.makedirs(settings.directory, exist_ok=True)
         factory = RpcapClientFactory(self._daemon_connected)
         for description in listen:
             listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
@@ -269,6 +268,12 @@ class CollectorService(MultiService):
         session = DaemonSession(self, client)
         self.sessions.add(session)
         defer.ensureDeferred(session.run())
+
+    def startService(self) -> None:
+        # Here, not in the constructor: twistd has dropped privileges by now,
+        # so the directory belongs to the user the collector runs as.
+        os.makedirs(self.settings.directory, exist_ok=True)
+        super().startService()
 
     def stopService(self) -> Any:
         # Stop accepting first: a daemon redialling during the grace below

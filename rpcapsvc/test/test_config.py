@@ -766,15 +766,18 @@ class ServiceLogsWarningsTests(SynchronousTestCase):
 
     def test_start_and_reload(self) -> None:
         path = self.mktemp()
+        # The file need not exist yet: the constructor does no I/O, start reads it.
+        service = RpcapdService(
+            MemoryReactorClock(),
+            listen=[],
+            policy=SessionPolicy(null_auth=True),
+            capture_system=FakeCaptureSystem([]),
+            config_path=path,
+        )
         self.write(path, "Foo = 1\nPassiveClient = 127.0.0.1\n")
         with capturedLogs() as events:
-            service = RpcapdService(
-                MemoryReactorClock(),
-                listen=[],
-                policy=SessionPolicy(null_auth=True),
-                capture_system=FakeCaptureSystem([]),
-                config_path=path,
-            )
+            service.startService()
+        self.addCleanup(service.stopService)
         warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(warned, [f"{path}, line 1: unknown setting 'Foo' ignored"])
 
