@@ -164,8 +164,17 @@ class RpcapdService(MultiService):
             self.collectors[target] = service
 
     def reload(self) -> None:
-        """Re-read the configuration file; a bad file is logged and ignored."""
+        """
+        SIGHUP: re-read the configuration file (a bad file is logged and the
+        old configuration kept).  Without one there is nothing to re-read:
+        password files are re-read whenever they change, and twistd rotates
+        its log file on SIGUSR1.  Either way the daemon goes on.
+        """
         if not self.config_path:
+            self.log.info(
+                "SIGHUP: no configuration file to reload (password files are re-read when they "
+                "change; twistd rotates its log file on SIGUSR1)"
+            )
             return
         try:
             config = read_config(self.config_path)
@@ -195,7 +204,9 @@ class RpcapdService(MultiService):
         if self._pending_config is None and self.config_path:
             self._apply_first(read_config(self.config_path))
         super().startService()
-        if self.reload_on_sighup and self.config_path:
+        if self.reload_on_sighup:
+            # Always, config file or not: SIGHUP's default action (what
+            # `systemctl reload` sends) would end the daemon.
             self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, signum: int, frame: object) -> None:

@@ -525,6 +525,11 @@ class RotatingCaptureFiles:
         self._history.open.discard(self._mine[-1])
         self._prune()
 
+    def rotate(self) -> None:
+        """Finish the current file and go on in a new one (SIGHUP, for log-rotation tools)."""
+        self._check_open()
+        self._rotate()
+
     def _due(self) -> bool:
         writer = self._writer
         if self._max_bytes is not None and writer.packets_written and writer.bytes_written >= self._max_bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 from typing import Any, Optional, Sequence
 
 import attrs
@@ -231,11 +232,19 @@ def _when_disconnected(client: RpcapClientProtocol) -> defer.Deferred[None]:
 class CollectorService(MultiService):
     """Accepts active daemons on every C{listen} endpoint and records their captures."""
 
+    log = Logger()
+
     def __init__(
-        self, reactor: Any, settings: CollectorSettings, listen: Sequence[str] = (DEFAULT_LISTEN,)
+        self,
+        reactor: Any,
+        settings: CollectorSettings,
+        listen: Sequence[str] = (DEFAULT_LISTEN,),
+        reload_on_sighup: bool = False,
     ) -> None:
         super().__init__()
         self.reactor = reactor
+        self.reload_on_sighup = reload_on_sighup
+        self._old_sighup: Any = None
         self.settings = settings
         self.sessions: set[DaemonSession] = set()
         self._histories: dict[str, FileHistory] = {}
@@ -274,8 +283,24 @@ class CollectorService(MultiService):
         # so the directory belongs to the user the collector runs as.
         os.makedirs(self.settings.directory, exist_ok=True)
         super().startService()
+        if self.reload_on_sighup:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reopen_files)
+
+    def reopen_files(self) -> None:
+        """SIGHUP: every capture finishes its file and goes on in a new one."""
+        writing = [session for session in self.sessions if session.files is not None]
+        for session in writing:
+            assert session.files is not None
+            session.files.rotate()
+        self.log.info("SIGHUP: {n} capture file(s) closed and new ones opened", n=len(writing))
 
     def stopService(self) -> Any:
+        if self._old_sighup is not None:
+            signal.signal(signal.SIGHUP, self._old_sighup)
+            self._old_sighup = None
         # Stop accepting first: a daemon redialling during the grace below
         # must meet a closed port (it retries later), not a collector that
         # is about to vanish in the middle of its session.

@@ -114,4 +114,4 @@ def makeService(options: Options) -> CollectorService:
         stats_interval=options["stats-interval"],
         refused_hold=options["retry-refused"],
     )
-    return CollectorService(reactor_, settings, options["listen"])
+    return CollectorService(reactor_, settings, options["listen"], reload_on_sighup=True)

@@ -10,6 +10,7 @@ daemon vanishes or refuses.  No sockets.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -489,6 +490,32 @@ class DaemonSessionTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(collector.service.sessions, set())
         self.assertTrue(receiver.transport.disconnecting)  # type: ignore[union-attr]
+
+    def test_sighup_reopens_files(self) -> None:
+        """SIGHUP: each capture finishes its file and goes on in a new one (for log-rotation tools)."""
+        collector = Collector(self, interface="eth0")
+        daemon, session, receiver, _ = collector.capturing()
+        daemon.capture([(1, 0, ICMP_PACKET)])
+        daemon.forward_tcp(receiver)
+        collector.service.reopen_files()
+        daemon.capture([(2, 0, UDP_PACKET)])
+        daemon.forward_tcp(receiver)
+        first, second = collector.files()
+        with open(os.path.join(collector.directory, first), "rb") as f:
+            self.assertEqual(read_capture(self, f.read())[1], [(1, 0, ICMP_PACKET)])
+        collector.service.stopService()
+        with open(os.path.join(collector.directory, second), "rb") as f:
+            self.assertEqual(read_capture(self, f.read())[1], [(2, 0, UDP_PACKET)])
+
+    def test_sighup_handler(self) -> None:
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        reactor = UdpMemoryReactor()
+        service = CollectorService(reactor, CollectorSettings(self.mktemp()), [], reload_on_sighup=True)
+        service.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service._sighup)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
 
     def test_refused_daemon_gone_while_held(self) -> None:
         """A refused daemon that hangs up while held ends its session; nothing is left scheduled."""

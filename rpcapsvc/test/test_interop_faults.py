@@ -7,6 +7,7 @@ Each is survived, answered or counted, and leaves no traceback in the log.
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import time
@@ -73,6 +74,37 @@ class HalfCloseTests(TestCase):
         self.assertTrue(closed)
         self.daemon.wait_for_log("the client finished sending")
         assert_clean_log(self, self.daemon)
+
+
+class SighupTests(TestCase):
+    """kill -HUP, what the shipped systemd unit's ExecReload sends."""
+
+    def test_daemon_without_config_survives(self) -> None:
+        port = free_port()
+        daemon = Daemon("--listen", f"tcp:{port}:interface=127.0.0.1", "--null-auth")
+        self.addCleanup(daemon.stop)
+        daemon.wait_for_port(port)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for_log("SIGHUP: no configuration file to reload")
+        self.assertTrue(daemon.alive())
+        client = RawRpcapClient(port)
+        self.addCleanup(client.close)
+        self.assertEqual(client.request(NULL_AUTH)[0], AUTH_REPLY)
+        self.assertEqual(client.request(FINDALLDEVS)[0], FINDALLIF_REPLY)
+        assert_clean_log(self, daemon)
+
+    def test_collector_survives(self) -> None:
+        port = free_port()
+        directory = self.mktemp()
+        collector = Daemon(
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--directory", directory, plugin="rpcapcollect"
+        )
+        self.addCleanup(collector.stop)
+        collector.wait_for_port(port)
+        collector.process.send_signal(signal.SIGHUP)
+        collector.wait_for_log("SIGHUP: 0 capture file(s) closed and new ones opened")
+        self.assertTrue(collector.alive())
+        assert_clean_log(self, collector)
 
 
 class IcmpRejectTests(TestCase):

@@ -478,10 +478,21 @@ class SighupTests(ServiceTestBase):
         self.started(config_path=self.path)
         self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
 
-    def test_not_installed_without_config(self) -> None:
-        """With nothing to re-read, SIGHUP keeps its usual meaning."""
-        self.started(reload_on_sighup=True)
-        self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
+    def test_harmless_without_config(self) -> None:
+        """
+        With no file to re-read, SIGHUP (systemctl reload) must not end the
+        daemon, as its default action would: it is handled, and logged.
+        """
+        service = self.started(reload_on_sighup=True)
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertEqual(handler, service._sighup)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        with capturedLogs() as events:
+            self.reactor.run_from_thread()
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("SIGHUP: no configuration file to reload", line)
+        self.assertTrue(service.running)
 
 
 class ResolveClientsTests(SynchronousTestCase):
