@@ -61,3 +61,56 @@ class SingleProtocolFactory(protocol.Factory):
         if self.tls is None:
             return proto
         return TLSMemoryBIOProtocol(self.tls.factory, proto)
+
+
+def server_endpoint_string(reactor: object, spec: str) -> str:
+    """
+    A C{--listen} argument as a Twisted server endpoint string: C{PORT}
+    (every IPv4 address), C{HOST:PORT} (an IPv4 address), C{[V6ADDR]:PORT},
+    or an endpoint string as it is (C{tcp:2002:interface=127.0.0.1},
+    C{ssl:...}, C{unix:...}, C{systemd:...}), checked without listening.
+
+    @raise ValueError: none of those; the message says what is expected.
+    """
+    import ipaddress
+
+    from twisted.internet.endpoints import serverFromString
+
+    expected = (
+        "expected PORT, ADDRESS:PORT, [IPV6]:PORT or an endpoint such as "
+        "tcp:2002:interface=127.0.0.1 (see --help)"
+    )
+
+    def port_of(text: str) -> int:
+        if not text.isdigit() or not 0 <= int(text) < 65536:
+            raise ValueError(f"{spec!r}: {text!r} is not a port number; {expected}")
+        return int(text)
+
+    if spec.isdigit():
+        return f"tcp:{port_of(spec)}"
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{spec!r}: {expected}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {host!r} is not an IPv6 address; {expected}") from None
+        return f"tcp6:{port_of(rest[1:])}:interface={host.replace(':', chr(92) + ':')}"
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.count(":") == 0 and tail.isdigit():
+        try:
+            ipaddress.IPv4Address(head)
+        except ValueError:
+            pass  # an endpoint type with a port, e.g. tcp:2002
+        else:
+            return f"tcp:{port_of(tail)}:interface={head}"
+    try:
+        serverFromString(reactor, spec)
+    except Exception as e:  # Twisted's parsers raise ValueError, KeyError, TypeError...
+        if spec.startswith("systemd:"):
+            raise ValueError(
+                f"{spec!r}: systemd passed no socket at that index (run it from a .socket unit)"
+            ) from None
+        raise ValueError(f"{spec!r}: {e}; {expected}") from None
+    return spec

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional, Sequence
 from twisted.application.internet import ClientService, StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .capture.system import ICaptureSystem, PcapySystem
@@ -35,6 +36,7 @@ from .server.active import ReconnectPolicy, collector_service
 from .server.control import RpcapServerFactory
 from .server.datachannel import DataChannels
 from .server.session import ForwardedTraffic, Network, SessionPolicy
+from .usage import cannot_start, listen_failure_hint
 
 DEFAULT_LISTEN = "tcp:2002"
 
@@ -199,6 +201,12 @@ class RpcapdService(MultiService):
             self.log.warn("{config_warning}", config_warning=warning)
         self.apply(config)
         self._pending_config = config
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise cannot_start("twistd rpcapd", listen_failure_hint(e)) from None
 
     def startService(self) -> None:
         if self._pending_config is None and self.config_path:

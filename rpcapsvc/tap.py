@@ -6,18 +6,25 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import attrs
 from twisted.cred import checkers, credentials, strcred
 from twisted.python import usage
 
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
+from .connections import server_endpoint_string
 from .protocol.udpstr import MAX_MTU, MIN_MTU
 from .server.active import parse_active_target
 from .server.datachannel import DataChannels
 from .server.session import SessionPolicy
 from .service import DEFAULT_LISTEN, RpcapdService, resolve_clients
+from .usage import OneLineErrors
+
+_POLICY = SessionPolicy()  # the defaults of every limit, defined once, there
 
 
-class Options(usage.Options, strcred.AuthOptionMixin):
+class Options(OneLineErrors, strcred.AuthOptionMixin):
+    command = "twistd rpcapd"
+
     synopsis = "[options]"
     longdesc = (
         "An RPCAP (libpcap remote capture) daemon.  libpcap programs, Wireshark "
@@ -60,8 +67,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Preselect this interface: listed first, and the only one clients may open.",
         ],
-        ["buffer-size", None, 2 * 1024 * 1024, "Kernel capture buffer per capture, in bytes.", int],
-        ["auth-timeout", None, 90.0, "Seconds a client has to authenticate.", float],
+        ["buffer-size", None, _POLICY.buffer_size, "Kernel capture buffer per capture, in bytes.", int],
+        [
+            "auth-timeout",
+            None,
+            _POLICY.auth_timeout,
+            "Seconds a connection has to log in; then error 2 and closed.",
+            float,
+        ],
+        [
+            "idle-timeout",
+            None,
+            _POLICY.idle_timeout,
+            "Seconds a logged-in client that captures nothing may send no request; "
+            "then error 14 and closed (0: no limit; active sessions have none).",
+            float,
+        ],
         [
             "udp-mtu",
             "t",
@@ -72,8 +93,44 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             int,
         ],
         ["udp-sndbuf", None, None, "Kernel send buffer of UDP data channels, in bytes.", int],
-        ["max-sessions", None, 64, "Most control sessions served at once (passive and active).", int],
-        ["max-message-size", None, 256 * 1024, "Largest control message accepted, in bytes.", int],
+        [
+            "max-sessions",
+            None,
+            _POLICY.max_sessions,
+            "Most logged-in sessions at once (passive and active). When full, a login closes "
+            "the session idle longest (see --reclaim-idle-after), or is refused with error 1.",
+            int,
+        ],
+        [
+            "max-unauthenticated",
+            None,
+            _POLICY.max_unauthenticated,
+            "Most connections waiting to log in; one more closes the one that has waited longest.",
+            int,
+        ],
+        [
+            "max-unauthenticated-per-host",
+            None,
+            _POLICY.max_unauthenticated_per_host,
+            "Most connections waiting to log in from one address (an IPv6 /64); "
+            "one more closes that address's oldest.",
+            int,
+        ],
+        [
+            "reclaim-idle-after",
+            None,
+            _POLICY.reclaim_idle_after,
+            "When logged-in sessions fill --max-sessions, a login closes a session that captures "
+            "nothing and has sent no request for this many seconds (0: never).",
+            float,
+        ],
+        [
+            "max-message-size",
+            None,
+            _POLICY.max_message_size,
+            "Largest control message accepted, in bytes.",
+            int,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -87,8 +144,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         Listen for clients on this endpoint (repeatable).  Default tcp:2002,
         unless only --active or a config file without PassiveClient lines is given.
+        PORT and ADDRESS:PORT are short for tcp:PORT and tcp:PORT:interface=ADDRESS.
         """
-        self["listen"].append(description)
+        from twisted.internet import reactor
+
+        try:
+            self["listen"].append(server_endpoint_string(reactor, description))
+        except ValueError as e:
+            raise usage.UsageError(f"--listen {e}") from None
 
     opt_l = opt_listen
 
@@ -166,18 +229,25 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--udpstr-tcp needs --udp-mtu: the MTU its datagrams are cut at")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
-        if self["max-sessions"] <= 0:
-            raise usage.UsageError("--max-sessions must be positive")
+        for name in ("max-sessions", "max-unauthenticated", "max-unauthenticated-per-host", "auth-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        for name in ("idle-timeout", "reclaim-idle-after"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 or more")
         if self["max-message-size"] < 65556:
             raise usage.UsageError(
                 "--max-message-size must be at least 65556 (a full 8192-instruction filter)"
             )
         if self["buffer-size"] <= 0:
             raise usage.UsageError("--buffer-size must be positive")
+        # Names are looked up once, here; the service gets the addresses.
         try:
-            resolve_clients([*self["allow"], *self.config.passive_clients])
+            self.allowed_networks = resolve_clients(self["allow"])
+            passive = resolve_clients(self.config.passive_clients)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        self.config = attrs.evolve(self.config, passive_clients=tuple(str(n) for n in passive))
 
 
 def _memory_checker(argstring: str) -> checkers.InMemoryUsernamePasswordDatabaseDontUse:
@@ -205,8 +275,12 @@ def makeService(options: Options) -> RpcapdService:
         preselected_interface=interface,
         buffer_size=options["buffer-size"],
         auth_timeout=options["auth-timeout"],
+        idle_timeout=options["idle-timeout"],
         exclude_own_traffic=not options["capture-own-traffic"],
         max_sessions=options["max-sessions"],
+        max_unauthenticated=options["max-unauthenticated"],
+        max_unauthenticated_per_host=options["max-unauthenticated-per-host"],
+        reclaim_idle_after=options["reclaim-idle-after"],
         max_message_size=options["max-message-size"],
         log_stats=bool(options["log-stats"]),
     )
@@ -216,7 +290,8 @@ def makeService(options: Options) -> RpcapdService:
         policy=policy,
         active=[ActiveTarget(t) for t in options["active"]],
         config_path=options["config"],
-        allowed_clients=options["allow"],
+        config=options.config,
+        allowed_clients=[str(n) for n in options.allowed_networks],
         data_channels=DataChannels(
             reactor_,
             udp_mtu=options["udp-mtu"],

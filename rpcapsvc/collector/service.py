@@ -23,11 +23,13 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
+from ..usage import cannot_start, listen_failure_hint
 from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapClientProtocol, start_capture
 from .files import FileHistory, RotatingCaptureFiles
 
@@ -277,6 +279,12 @@ class CollectorService(MultiService):
         session = DaemonSession(self, client)
         self.sessions.add(session)
         defer.ensureDeferred(session.run())
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise cannot_start("twistd rpcapcollect", listen_failure_hint(e)) from None
 
     def startService(self) -> None:
         # Here, not in the constructor: twistd has dropped privileges by now,

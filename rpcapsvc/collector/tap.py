@@ -7,12 +7,15 @@ from typing import Any
 
 from twisted.python import usage
 
+from ..connections import server_endpoint_string
 from ..protocol.bpf import MAXIMUM_SNAPLEN
+from ..usage import OneLineErrors
 from .files import FORMATS
 from .service import DEFAULT_LISTEN, CollectorService, CollectorSettings
 
 
-class Options(usage.Options):
+class Options(OneLineErrors):
+    command = "twistd rpcapcollect"
     synopsis = "[options]"
     longdesc = (
         "A collector for RPCAP daemons in active mode (twistd rpcapd --active HOST:2003): "
@@ -63,8 +66,16 @@ class Options(usage.Options):
         self["host-interface"] = {}
 
     def opt_listen(self, description: str) -> None:
-        """Accept daemons on this endpoint (repeatable; default tcp:2003)."""
-        self["listen"].append(description)
+        """
+        Accept daemons on this endpoint (repeatable; default tcp:2003).
+        PORT and ADDRESS:PORT are short for tcp:PORT and tcp:PORT:interface=ADDRESS.
+        """
+        from twisted.internet import reactor
+
+        try:
+            self["listen"].append(server_endpoint_string(reactor, description))
+        except ValueError as e:
+            raise usage.UsageError(f"--listen {e}") from None
 
     def opt_host_interface(self, mapping: str) -> None:
         """HOST=IFACE: capture IFACE on the daemon connecting from HOST (repeatable)."""

@@ -6,6 +6,7 @@ L{makeService} builds from them (built, never started: no sockets).
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import socket
 from typing import Any
@@ -54,6 +55,21 @@ class ListenDefaultTests(OptionsTestBase):
     def test_listen_given(self) -> None:
         options = self.parse("-n", "--listen", "tcp:2010:interface=127.0.0.1", "-l", "unix:/run/rpcapd.sock")
         self.assertEqual(options["listen"], ["tcp:2010:interface=127.0.0.1", "unix:/run/rpcapd.sock"])
+
+    def test_listen_shorthands(self) -> None:
+        """PORT, ADDRESS:PORT and [IPV6]:PORT, as --active takes them."""
+        cases = {
+            "2002": "tcp:2002",
+            "127.0.0.1:2010": "tcp:2010:interface=127.0.0.1",
+            "[::1]:2011": "tcp6:2011:interface=\\:\\:1",
+            "tcp6:2002:interface=\\:\\:": "tcp6:2002:interface=\\:\\:",
+        }
+        for given, endpoint in cases.items():
+            self.assertEqual(self.parse("-n", "--listen", given)["listen"], [endpoint], given)
+
+    def test_listen_mistakes(self) -> None:
+        for spec in ("tcp:notaport", "foo:bar", "127.0.0.1:70000", "[::1]", "[nothost]:2002"):
+            self.assertIn("expected PORT, ADDRESS:PORT", self.refused("-n", "--listen", spec), spec)
 
     def test_active_alone_listens_nowhere(self) -> None:
         """--active alone is active-only mode: no listening port is opened."""
@@ -173,7 +189,12 @@ class MakeServiceTests(OptionsTestBase):
         service = self.make("-n")
         self.assertIsNone(service.policy.preselected_interface)
         self.assertEqual(service.policy.buffer_size, 2 * 1024 * 1024)
-        self.assertEqual(service.policy.auth_timeout, 90.0)
+        self.assertEqual(service.policy.auth_timeout, 10.0)
+        self.assertEqual(service.policy.idle_timeout, 300.0)
+        self.assertEqual(service.policy.max_sessions, 64)
+        self.assertEqual(service.policy.max_unauthenticated, 32)
+        self.assertEqual(service.policy.max_unauthenticated_per_host, 8)
+        self.assertEqual(service.policy.reclaim_idle_after, 1.0)
         self.assertEqual(len(service.listeners), 1)
         self.assertEqual(service.collectors, {})
         self.assertTrue(service.reload_on_sighup)
@@ -194,6 +215,30 @@ class MakeServiceTests(OptionsTestBase):
     def test_allowed_clients(self) -> None:
         service = self.make("-n", "--allow", "192.0.2.0/24")
         self.assertEqual(service.policy.allowed_clients, (ipaddress.ip_network("192.0.2.0/24"),))
+
+    def test_names_and_file_read_once(self) -> None:
+        """
+        The config file and DNS are read once per load: twistd rpcapd's
+        options read and resolve them, and the service takes the result.
+        """
+        lookups: list[str] = []
+
+        def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+            lookups.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.77", 0))]
+
+        self.patch(socket, "getaddrinfo", getaddrinfo)
+        path = self.config("PassiveClient = jump.example\nNullAuthPermit = YES\n")
+        options = self.parse("-f", path, "--allow", "ops.example", "--no-passive")  # no real port
+        opened: list[str] = []
+        real_open = open
+        self.patch(builtins, "open", lambda f, *a, **kw: (opened.append(str(f)), real_open(f, *a, **kw))[1])
+        service = makeService(options)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(sorted(lookups), ["jump.example", "ops.example"])
+        self.assertNotIn(path, opened)
+        self.assertEqual(service.policy.allowed_clients, (ipaddress.ip_network("192.0.2.77/32"),))
 
     def test_from_config(self) -> None:
         """The config file's collectors, clients and null-auth setting all reach the service."""
