@@ -7,16 +7,19 @@ PORT ?= 2002
 PEERS ?= $(CURDIR)/.peers
 BIN = $(VENV)/bin
 
-.PHONY: run test unit lint peers system-deps install install-test bench clean
+.PHONY: run test unit lint peers system-deps system-deps-run install install-test bench clean
 
 system-deps:
-	scripts/install-system-deps.sh
+	scripts/install-system-deps.sh test
+
+system-deps-run:
+	scripts/install-system-deps.sh run
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: system-deps $(BIN)/python
+install: system-deps-run $(BIN)/python
 	$(BIN)/pip install -q .
 
 install-test: system-deps $(BIN)/python

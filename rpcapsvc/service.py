@@ -110,6 +110,7 @@ class RpcapdService(MultiService):
             forwarded=self.forwarded,
         )
         self.listeners: list[StreamServerEndpointService] = []
+        self._listen = tuple(listen)
         for description in listen:
             endpoint = serverFromString(reactor, description)
             listener = StreamServerEndpointService(endpoint, self.passive_factory)
@@ -212,10 +213,43 @@ class RpcapdService(MultiService):
         if self._pending_config is None and self.config_path:
             self._apply_first(read_config(self.config_path))
         super().startService()
+        for listener, description in zip(self.listeners, self._listen):
+            # StreamServerEndpointService keeps the port it is listening on here.
+            waiting = getattr(listener, "_waitingForPort", None)
+            if waiting is not None:
+                tls = description.split(":", 1)[0] in ("ssl", "tls")
+                waiting.addCallback(self._listening, tls)
         if self.reload_on_sighup:
             # Always, config file or not: SIGHUP's default action (what
             # `systemctl reload` sends) would end the daemon.
             self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _listening(self, port: Any, tls: bool = False) -> Any:
+        """Say where clients connect, how they log in, and the command to try."""
+        address = port.getHost()
+        host, number = getattr(address, "host", None), getattr(address, "port", None)
+        logins = []
+        if self.policy.null_auth:
+            logins.append("null auth (anyone who can connect)")
+        if self.policy.checkers:
+            logins.append("passwords")
+        if number is None:
+            self.log.info("Listening for RPCAP clients on {address}", address=address)
+            return port
+        shown = f"[{host}]" if host and ":" in host else host
+        if host in ("0.0.0.0", "::", ""):
+            shown = "127.0.0.1" if host != "::" else "[::1]"
+        scheme = "rpcaps" if tls else "rpcap"
+        self.log.info(
+            "Listening for RPCAP clients on {host} port {port}; logins: {logins}. "
+            "Try: rpcap-dump -D {scheme}://{shown}:{port}/",
+            host=host or "every address",
+            port=number,
+            logins=" and ".join(logins) or "none allowed yet",
+            scheme=scheme,
+            shown=shown,
+        )
+        return port
 
     def _sighup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload)

@@ -20,6 +20,7 @@ from ..connections import TlsSettings, tls_settings_of
 from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
 from .active import ReconnectPolicy
+from .admission import Admission, ticket
 from .datachannel import DataChannels, IDataChannels
 from .session import ForwardedTraffic, IControlChannel, ServerSession, SessionPolicy, client_allowed
 
@@ -38,6 +39,8 @@ class RpcapServerProtocol(protocol.Protocol):
 
     log = Logger()
     session: Optional[ServerSession] = None
+    ticket = 0
+    """Larger for every newer connection (admission closes the oldest waiting one first)."""
 
     def __init__(self, factory: RpcapServerFactory) -> None:
         self.factory = factory
@@ -65,15 +68,17 @@ class RpcapServerProtocol(protocol.Protocol):
             )
             self.close()
             return
-        if len(self.factory.sessions) >= self.factory.policy.max_sessions:
+        refusal = self.factory.admission.admit(self)
+        if refusal is not None:
             self.log.warn(
-                "Refused control connection {peer}: {n} sessions already",
+                "Refused control connection {peer}: {n} sessions logged in already, none idle",
                 peer=self.peer_host,
-                n=len(self.factory.sessions),
+                n=len(self.factory.admission.logged_in()),
             )
-            self.send_message(ErrorReply(ErrorCode.NETWORK, "too many sessions; try again later"))
+            self.send_message(ErrorReply(ErrorCode.NETWORK, refusal))
             self.close()
             return
+        self.ticket = ticket()
         self.factory.sessions.add(self)
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.log.info(
@@ -98,6 +103,7 @@ class RpcapServerProtocol(protocol.Protocol):
             self.factory.reactor,
             interface=interface,
             forwarded=self.factory.forwarded,
+            login_gate=self.factory.admission.admit_login,
         )
 
     def dataReceived(self, data: bytes) -> None:
@@ -190,7 +196,9 @@ class RpcapServerFactory(protocol.Factory):
         self.interface = interface
         self.interface_address = interface_address
         self.sessions: set[RpcapServerProtocol] = set() if sessions is None else sessions
-        """Every session of the service (shared by its factories, for the session limit)."""
+        """Every session of the service (shared by its factories, for the session limits)."""
+        self.admission = Admission(self.policy, self.sessions)
+        """Who gets a session, and who makes room (L{rpcapsvc.server.admission})."""
         self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
         """What every capturing session of the service forwards (shared, so no capture includes any of it)."""
 

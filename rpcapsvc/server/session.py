@@ -122,11 +122,24 @@ class SessionPolicy:
     preselected_interface: Optional[str] = None
     buffer_size: int = 2 * 1024 * 1024
     failed_auth_delay: float = 1.0
-    auth_timeout: float = 90.0
+    auth_timeout: float = 10.0
+    """Seconds a connection has to log in (libpcap's client logs in as soon as it connects)."""
+    idle_timeout: float = 300.0
+    """Seconds a logged-in passive session may go without a request while it captures nothing; 0: no limit."""
     exclude_own_traffic: bool = True
     """Keep the session's own control and data packets out of its captures."""
     max_sessions: int = 64
-    """Sessions served at once, across every listener and collector of a service."""
+    """Logged-in sessions served at once, across every listener and collector of a service."""
+    max_unauthenticated: int = 32
+    """Passive connections waiting to log in; a new one closes the one that has waited longest."""
+    max_unauthenticated_per_host: int = 8
+    """Of those, from one client address (an IPv6 /64); a new one closes that address's oldest."""
+    reclaim_idle_after: float = 1.0
+    """
+    When logged-in sessions fill C{max_sessions}, a login closes the passive
+    session idle longest if it has been idle this long (no capture, no
+    request); 0: never.
+    """
     max_message_size: int = DEFAULT_MAX_PAYLOAD
     log_stats: bool = False
     """Log the counters a client asks for (ExtraHop's rpcapd -S)."""
@@ -246,8 +259,11 @@ class ServerSession:
         reactor: Any,
         interface: Optional[str] = None,
         forwarded: Optional[ForwardedTraffic] = None,
+        login_gate: Optional[Callable[[ServerSession], bool]] = None,
     ) -> None:
         self.channel = channel
+        self.login_gate = login_gate
+        """Asked whether a client that proved who it is may log in (the service's session limit)."""
         self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
         self.capture_system = capture_system
         self.data_channels = data_channels
@@ -272,6 +288,8 @@ class ServerSession:
         self._auth_timer: Optional[IDelayedCall] = self.reactor.callLater(
             policy.auth_timeout, self._auth_timed_out
         )
+        self._last_activity = self.reactor.seconds()
+        self._idle_timer: Optional[IDelayedCall] = None
 
     # --- input ---------------------------------------------------------------
 
@@ -306,6 +324,7 @@ class ServerSession:
                         self._yield_call = self.reactor.callLater(0, self._after_yield)
                     break
                 request = self._queue.popleft()
+                self._last_activity = self.reactor.seconds()
                 try:
                     result = self._dispatch(request)
                 except Exception:
@@ -441,9 +460,16 @@ class ServerSession:
     def _authenticated(self, user: Optional[bytes]) -> None:
         if self.state is not SessionState.AWAITING_AUTH:
             return  # closed (timeout, connection lost) while the login was being checked
+        if self.login_gate is not None and not self.login_gate(self):
+            self._error(ErrorCode.NETWORK, "too many sessions; try again later")
+            self.close("too many sessions")
+            return
         self.user = user
         self.state = SessionState.READY
         self._cancel_auth_timer()
+        self._last_activity = self.reactor.seconds()
+        if self.policy.idle_timeout > 0 and not self.channel.active:
+            self._idle_timer = self.reactor.callLater(self.policy.idle_timeout, self._idle_check)
         self.log.info(
             "Client {peer} authenticated ({how})",
             peer=self.channel.peer_host,
@@ -461,6 +487,32 @@ class ServerSession:
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
         self._auth_timer = None
+
+    # --- idle ----------------------------------------------------------------------
+
+    def idle_for(self) -> Optional[float]:
+        """
+        Seconds since this logged-in session last handled a request or ended
+        a capture; C{None} while it works (a capture running, a request
+        under way) or is not logged in.
+        """
+        if self.state not in (SessionState.READY, SessionState.OPENED):
+            return None
+        if self._capture is not None or self._busy:
+            return None
+        return self.reactor.seconds() - self._last_activity
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        timeout = self.policy.idle_timeout
+        if self.state is SessionState.CLOSED or timeout <= 0:
+            return
+        idle = self.idle_for()
+        if idle is not None and idle >= timeout:
+            self._error(ErrorCode.RUNTIMETIMEOUT, f"idle for {idle:.0f} s with no capture: session closed")
+            self.close("idle timeout")
+            return
+        self._idle_timer = self.reactor.callLater(timeout - (idle or 0.0), self._idle_check)
 
     # --- requests --------------------------------------------------------------
 
@@ -730,6 +782,7 @@ class ServerSession:
         capture, self._capture = self._capture, None
         if capture is None:
             return
+        self._last_activity = self.reactor.seconds()  # idle from now, not from the startcap
         self.forwarded.remove(self)
         try:
             self._last_stats = capture.stats()
@@ -822,6 +875,9 @@ class ServerSession:
             return
         self._end_capture()
         self._cancel_auth_timer()
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
         if self._yield_call is not None and self._yield_call.active():
             self._yield_call.cancel()
         self._yield_call = None

@@ -281,6 +281,7 @@ policies: st.SearchStrategy[dict[str, Any]] = st.builds(
     exclude_own_traffic=st.booleans(),
     max_message_size=st.sampled_from([DEFAULT_MAX_PAYLOAD, 65556, 1024]),
     auth_timeout=st.sampled_from([90.0, 5.0]),
+    idle_timeout=st.sampled_from([300.0, 5.0, 0.0]),
 )
 
 
@@ -647,7 +648,13 @@ class ManySessionsTests(SynchronousTestCase):
         factory = RpcapServerFactory(
             reactor=reactor,
             capture_system=system,
-            policy=SessionPolicy(null_auth=True, max_sessions=50, auth_timeout=90),
+            policy=SessionPolicy(
+                null_auth=True,
+                max_sessions=50,
+                max_unauthenticated=50,
+                max_unauthenticated_per_host=50,
+                auth_timeout=90,
+            ),
             data_channels=channels,  # type: ignore[arg-type]
         )
         self.addCleanup(close_handles, system)
