@@ -346,8 +346,11 @@ class ConfigFileTests(ActiveTestCase):
             env=env,
             cwd=os.path.dirname(path),
         )
-        self.assertEqual(out.returncode, 1, out.stderr)
-        self.assertIn(f"{path}, line 2: ifaddr='eth0' is not an IP address", out.stdout)
+        # A usage error: one line on stderr, exit status 2, no help screen.
+        self.assertEqual(out.returncode, 2, out.stderr)
+        self.assertEqual(
+            out.stderr.splitlines(), [f"twistd rpcapd: {path}, line 2: ifaddr='eth0' is not an IP address"]
+        )
 
 
 class SighupTests(ActiveTestCase):
