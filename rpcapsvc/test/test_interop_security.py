@@ -271,7 +271,7 @@ class AllowTests(DaemonMixin, SynchronousTestCase):
 def socket_queues(proto: str, port: int, remote_port: Optional[int] = None) -> list[tuple[int, int, int]]:
     """
     C{(send queue, receive queue, drops)} of this host's IPv4 C{proto}
-    ("tcp", "udp") sockets bound to local C{port} (and connected to
+    ("tcp", "udp") sockets bound to local C{port} (TCP: established ones; and connected to
     C{remote_port}, if given), from /proc/net; drops are counted for UDP only.
     """
     found = []
@@ -281,6 +281,8 @@ def socket_queues(proto: str, port: int, remote_port: Optional[int] = None) -> l
             continue
         if remote_port is not None and int(fields[2].split(":")[1], 16) != remote_port:
             continue
+        if proto == "tcp" and fields[3] != "01":
+            continue  # not established: a listener, or a closed connection that had this port once
         tx, rx = (int(q, 16) for q in fields[4].split(":"))
         found.append((tx, rx, int(fields[-1]) if proto == "udp" else 0))
     return found
