@@ -439,6 +439,10 @@ class RotatingCaptureFiles:
     timer should call now and then so that a quiet capture still rotates on
     time.  With C{max_files}, only the newest that many files written are
     kept: older ones are deleted, as C{dumpcap -b files:N} does.
+
+    C{name}, if given, names the files instead: it is called with the time
+    a file is opened and its sequence number (1, 2, ...; a number whose
+    file exists already is passed over) and returns the path.
     """
 
     def __init__(
@@ -451,6 +455,7 @@ class RotatingCaptureFiles:
         clock: Callable[[], float] = time.time,
         max_files: Optional[int] = None,
         history: Optional[FileHistory] = None,
+        name: Optional[Callable[[float, int], str]] = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown capture file format {format!r}: choose from {', '.join(FORMATS)}")
@@ -463,6 +468,7 @@ class RotatingCaptureFiles:
         self._max_seconds = max_seconds
         self._clock = clock
         self._max_files = max_files
+        self._name = name
         self._interfaces: list[InterfaceInfo] = []
         self._stats: dict[int, InterfaceStats] = {}
         self._history = history if history is not None else FileHistory()
@@ -506,6 +512,11 @@ class RotatingCaptureFiles:
         taken_at = self._clock()
         self._writer.set_stats(interface_id, received, dropped, ifdropped, taken_at=taken_at)
         self._stats[interface_id] = InterfaceStats(received, dropped, ifdropped, taken_at)
+
+    def due(self) -> bool:
+        """Whether the current file is due to end: L{tick} would start the next."""
+        self._check_open()
+        return self._due()
 
     def tick(self) -> None:
         """Start the next file if the current one is due to end."""
@@ -562,9 +573,12 @@ class RotatingCaptureFiles:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
         while True:
             self._sequence += 1
-            path = os.path.join(
-                self._directory, f"{self._prefix}_{stamp}_{self._sequence:05d}.{self._format}"
-            )
+            if self._name is not None:
+                path = self._name(now, self._sequence)
+            else:
+                path = os.path.join(
+                    self._directory, f"{self._prefix}_{stamp}_{self._sequence:05d}.{self._format}"
+                )
             try:
                 stream = open(path, "xb")
             except FileExistsError:
