@@ -26,10 +26,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 from twisted.application.internet import ClientService, StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
+from .capture.blocking import CAPTURE_THREADS, capture_thread_pool, pool_runner
 from .capture.system import ICaptureSystem, PcapySystem
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
 from .server.active import ReconnectPolicy, collector_service
@@ -81,11 +84,22 @@ class RpcapdService(MultiService):
         data_channels: Optional[DataChannels] = None,
         reload_on_sighup: bool = False,
         config: Optional[DaemonConfig] = None,
+        capture_threads: int = CAPTURE_THREADS,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.policy = policy or SessionPolicy()
-        self.capture_system = capture_system or PcapySystem()
+        self.capture_pool: Optional[ThreadPool] = None
+        """
+        The threads that open, filter and close captures while the service
+        runs: its own (C{capture_threads} of them), when it made its capture
+        system; C{capture_threads=0} leaves that work to the reactor's pool.
+        """
+        self._capture_threads = capture_threads if capture_system is None else 0
+        self.capture_system = capture_system or PcapySystem(
+            run_blocking=pool_runner(reactor, lambda: self.capture_pool) if self._capture_threads else None,
+            reactor=reactor,
+        )
         self.data_channels = data_channels or DataChannels(reactor)
         self.config_path = config_path
         self.reload_on_sighup = reload_on_sighup
@@ -212,6 +226,7 @@ class RpcapdService(MultiService):
     def startService(self) -> None:
         if self._pending_config is None and self.config_path:
             self._apply_first(read_config(self.config_path))
+        self._start_capture_pool()
         super().startService()
         for listener, description in zip(self.listeners, self._listen):
             # StreamServerEndpointService keeps the port it is listening on here.
@@ -259,7 +274,21 @@ class RpcapdService(MultiService):
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None
-        return super().stopService()
+        return defer.maybeDeferred(super().stopService).addBoth(self._stop_capture_pool)
+
+    # --- capture threads -------------------------------------------------------------
+
+    def _start_capture_pool(self) -> None:
+        if self._capture_threads and self.capture_pool is None:
+            self.capture_pool = capture_thread_pool(self._capture_threads)
+            self.capture_pool.start()
+
+    def _stop_capture_pool(self, result: object) -> object:
+        """Once the sessions are gone: the captures they were closing are closed, the threads end."""
+        pool, self.capture_pool = self.capture_pool, None
+        if pool is not None:
+            pool.stop()
+        return result
 
 
 __all__ = ["DEFAULT_LISTEN", "ActiveTarget", "RpcapdService", "SessionPolicy"]

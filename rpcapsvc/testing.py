@@ -4,19 +4,26 @@ whose packets the test injects, and a recording data-channel opener.
 
     system = FakeCaptureSystem({"eth0": [FakeInterface(...)]})
     handle = system.handles[-1]; handle.inject([(sec, usec, b"frame")])
+
+The fake capture system runs its calls in place, so a session driven with it
+answers synchronously; give it a L{HeldRunner} to release each call by hand
+instead, and so test what happens while one is under way.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .capture.blocking import BlockingRunner, run_in_place
+from .capture.compiler import compile_filter
 from .capture.system import (
     CaptureError,
     CaptureOptions,
@@ -31,6 +38,73 @@ from .protocol.wire import BpfProgram, InterfaceInfo
 from .server.datachannel import IDataChannels, IPacketSink
 
 DLT_EN10MB = 1
+
+_T = TypeVar("_T")
+
+
+def call_name(f: Callable[..., Any]) -> str:
+    """The name of a call handed to a runner (the function a C{partial} wraps)."""
+    return str(getattr(getattr(f, "func", f), "__name__", repr(f)))
+
+
+@attrs.define(eq=False)
+class HeldCall:
+    """A blocking call a L{HeldRunner} holds, and the Deferred waiting for it."""
+
+    f: Callable[[], Any]
+    result: defer.Deferred[Any]
+
+    @property
+    def name(self) -> str:
+        return call_name(self.f)
+
+
+class HeldRunner:
+    """
+    A C{BlockingRunner} for tests: each call waits, in order, until the test
+    releases it (runs it in place, delivering its result or exception),
+    so a test can make results arrive in whatever order it wants.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[HeldCall] = []
+        self.ran: list[str] = []
+        """The names of the calls released, in order."""
+
+    def __call__(self, f: Callable[[], _T]) -> defer.Deferred[_T]:
+        d: defer.Deferred[_T] = defer.Deferred()
+        self.pending.append(HeldCall(f, d))
+        return d
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.pending]
+
+    def release(self, name: Optional[str] = None) -> Any:
+        """Run the first held call (the first named C{name}); its result, or its exception."""
+        for call in self.pending:
+            if name is None or call.name == name:
+                break
+        else:
+            raise AssertionError(f"no held call {name!r}; held: {self.names}")
+        self.pending.remove(call)
+        self.ran.append(call.name)
+        try:
+            value = call.f()
+        except BaseException:
+            failure = Failure()
+            call.result.errback(failure)
+            return failure.value
+        call.result.callback(value)
+        return value
+
+    def release_all(self, limit: int = 10_000) -> None:
+        """Release calls, those they lead to included, until none is held."""
+        for _ in range(limit):
+            if not self.pending:
+                return
+            self.release()
+        raise AssertionError(f"calls still held after {limit}: {self.names}")
 
 
 @implementer(ICaptureHandle)
@@ -51,6 +125,12 @@ class FakeCaptureHandle:
         self.received = 0
         self.dropped = 0
         self.fail_with: Optional[str] = None
+        self.refuse_filter: Optional[str] = None
+        """Refuse every C{set_filter} with this text."""
+        self.max_filter_instructions: Optional[int] = None
+        """Refuse longer programs, as a kernel short of socket memory does."""
+        self.misuse: list[str] = []
+        """Calls made after C{close}: there must be none (a real descriptor may be reused by then)."""
         self._pending: deque[tuple[int, int, bytes]] = deque()
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
@@ -82,11 +162,24 @@ class FakeCaptureHandle:
         return PacketBatch.from_packets(taken)
 
     def set_filter(self, program: BpfProgram) -> None:
+        if self.closed:
+            self.misuse.append("set_filter")
+            raise CaptureError("the capture is closed")
+        if self.refuse_filter is not None:
+            raise CaptureError(self.refuse_filter)
+        if (
+            self.max_filter_instructions is not None
+            and len(program.instructions) > self.max_filter_instructions
+        ):
+            raise CaptureError("the kernel refused the filter: [Errno 12] Cannot allocate memory")
         bpf.validate(program)
         self.filter = program
         self.filters_set.append(program)
 
     def stats(self) -> CaptureStats:
+        if self.closed:
+            self.misuse.append("stats")
+            raise CaptureError("the capture is closed")
         return CaptureStats(self.received, self.dropped, 0)
 
     def close(self) -> None:
@@ -98,13 +191,31 @@ class FakeCaptureHandle:
 
 @implementer(ICaptureSystem)
 class FakeCaptureSystem:
-    """A capture system with the interfaces it was given and no OS behind it."""
+    """
+    A capture system with the interfaces it was given and no OS behind it.
+    Its calls run in place unless it is given a runner (a L{HeldRunner}).
+    Filters are compiled with libpcap, as the real system does; the
+    expressions compiled are kept in C{compiled}.
+    """
 
-    def __init__(self, interfaces: list[InterfaceInfo], linktype: int = DLT_EN10MB) -> None:
+    def __init__(
+        self,
+        interfaces: list[InterfaceInfo],
+        linktype: int = DLT_EN10MB,
+        run_blocking: Optional[BlockingRunner] = None,
+    ) -> None:
         self.interfaces = list(interfaces)
         self.linktype = linktype
         self.handles: list[FakeCaptureHandle] = []
         self.refuse_open: Optional[str] = None
+        self.run_blocking: BlockingRunner = run_blocking or run_in_place
+        self.compiled: list[tuple[str, int]] = []
+        self.linktypes: dict[str, int] = {}
+        """Link types of particular devices (others have C{linktype})."""
+
+    def compile(self, expression: str, linktype: int) -> BpfProgram:
+        self.compiled.append((expression, linktype))
+        return compile_filter(expression, linktype)
 
     def list_interfaces(self) -> list[InterfaceInfo]:
         return list(self.interfaces)
@@ -117,11 +228,11 @@ class FakeCaptureSystem:
 
     def probe_linktype(self, device: str) -> int:
         self._check(device)
-        return self.linktype
+        return self.linktypes.get(device, self.linktype)
 
     def open(self, device: str, options: CaptureOptions) -> ICaptureHandle:
         self._check(device)
-        handle = FakeCaptureHandle(device, options, self.linktype)
+        handle = FakeCaptureHandle(device, options, self.linktypes.get(device, self.linktype))
         self.handles.append(handle)
         return handle
 

@@ -28,6 +28,9 @@ CAPTURE_THREADS = 16
 Threads of the service's capture pool.  Opening and closing a capture mostly
 wait in the kernel (an RCU grace period, about 20 ms each) without the GIL,
 so they overlap: 64 opens take about 220 ms on 10 threads, 140 ms on 16.
+More threads contend with the reactor for the GIL each time a kernel call
+returns: with 32, a storm of 64 startcaps stalled the reactor up to 670 ms,
+against 230 ms with 16.
 """
 
 
@@ -44,15 +47,17 @@ def run_in_place(f: Callable[[], _T]) -> Deferred[_T]:
 
 def pool_runner(reactor: Any = None, pool: Any = None) -> BlockingRunner:
     """
-    Run calls in C{pool} (default: C{reactor}'s thread pool, looked up at
-    each call), results delivered in the reactor thread.
+    Run calls in C{pool}, results delivered in the reactor thread.  C{pool}
+    is a C{ThreadPool}, or a callable giving the one to use now; where there
+    is none, C{reactor}'s thread pool.
     """
 
     def run(f: Callable[[], _T]) -> Deferred[_T]:
         r = reactor
         if r is None:
             from twisted.internet import reactor as r
-        return threads.deferToThreadPool(r, pool if pool is not None else r.getThreadPool(), f)
+        chosen = pool() if callable(pool) else pool
+        return threads.deferToThreadPool(r, chosen if chosen is not None else r.getThreadPool(), f)
 
     return run
 

@@ -143,7 +143,10 @@ def status_text(device: str, status: int, detail: str) -> str:
     described = lib.lib.pcap_statustostr(status).decode(errors="replace") if lib else f"error {status}"
     if status == PCAP_ERROR:
         return f"{device}: {detail}"
-    if status in (PCAP_ERROR_NO_SUCH_DEVICE, PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED) and detail:
+    if (
+        status in (PCAP_ERROR_NO_SUCH_DEVICE, PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED)
+        and detail
+    ):
         return f"{device}: {described} ({detail})"
     return f"{device}: {described}"
 

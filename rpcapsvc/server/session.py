@@ -5,8 +5,9 @@ L{ServerSession} is driven by framed messages (L{Received}) and reaches the
 world only through small seams: an L{IControlChannel} to answer on, an
 L{ICaptureSystem} to capture with, L{DataChannels} to send packets through
 and a clock.  It handles one request at a time, in order, as RPCAP requires;
-while a request waits on I/O (a login check, a data connection) reading from
-the control connection is paused, which bounds what a peer can queue.
+while a request waits on I/O (a login check, a data connection, a call to
+the capture system, which runs off the reactor thread) reading from the
+control connection is paused, which bounds what a peer can queue.
 
 States::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import deque
+from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
 import attrs
@@ -32,13 +34,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+from ..capture.blocking import runner_of
 from ..capture.compiler import compile_filter
 from ..capture.reader import CaptureReader
 from ..capture.system import (
     CaptureError,
     CaptureOptions,
+    CaptureStats,
     Direction,
-    ICaptureHandle,
     ICaptureSystem,
 )
 from ..protocol import bpf
@@ -73,6 +76,8 @@ from ..protocol.wire import (
     UpdateFilterRequest,
 )
 from .datachannel import IDataChannels, IPacketSink
+from .forwarded import ForwardedTraffic
+from .sessioncapture import SessionCapture
 
 PRESELECTED_SUFFIX = ";preselected"
 
@@ -145,9 +150,6 @@ class SessionPolicy:
     """Log the counters a client asks for (ExtraHop's rpcapd -S)."""
 
 
-KERNEL_MAX_INSTRUCTIONS = 4096
-"""Linux runs classic BPF programs of at most this many instructions (BPF_MAXINSNS)."""
-
 REQUESTS_PER_TURN = 32
 """Requests handled back to back before other sessions get a turn of the reactor."""
 _SLOW_REQUESTS = {MessageType.OPEN_REQ, MessageType.STARTCAP_REQ, MessageType.ENDCAP_REQ}
@@ -180,73 +182,6 @@ def is_local_interface_name(name: str) -> bool:
     return bool(name) and len(name) < 256 and "/" not in name and ":" not in name and "\0" not in name
 
 
-class ForwardedTraffic:
-    """
-    The control and data traffic of every capturing session of a service, as
-    pcap expressions, so that each capture leaves out all of it, not only its
-    own: two sessions capturing the interface their packets leave by would
-    otherwise capture each other's forwarded packets, without end.  When the
-    set changes, every other capturing session places its filter again.
-    """
-
-    def __init__(self) -> None:
-        self._clauses: dict[ServerSession, str] = {}
-
-    def expression(self, including: Optional[tuple[ServerSession, str]] = None) -> str:
-        """Every session's clause; C{including} puts in (or replaces) one session's."""
-        clauses = dict(self._clauses)
-        if including is not None:
-            clauses[including[0]] = including[1]
-        return " or ".join(f"({c})" for c in clauses.values())
-
-    def set(self, session: ServerSession, clause: str) -> None:
-        if self._clauses.get(session) != clause:
-            self._clauses[session] = clause
-            self._changed(session)
-
-    def remove(self, session: ServerSession) -> None:
-        if self._clauses.pop(session, None) is not None:
-            self._changed(session)
-
-    def _changed(self, source: ServerSession) -> None:
-        for session in list(self._clauses):
-            if session is not source:
-                session.refilter()
-
-
-class _FilterRefused(Exception):
-    pass
-
-
-class _Capture:
-    """One running capture: its handle, reader and data channel."""
-
-    def __init__(self, handle: ICaptureHandle, snaplen: int, client_program: Optional[BpfProgram]) -> None:
-        self.handle = handle
-        self.snaplen = snaplen
-        self.client_program = client_program
-        self.own_traffic = ""
-        self.data_channel = ""
-        self.reader: Optional[CaptureReader] = None
-        self.sink: Optional[IPacketSink] = None
-        self.pending_sink: Optional[defer.Deferred[IPacketSink]] = None
-
-    def stats(self) -> StatsReply:
-        s = self.handle.stats()
-        sent = self.sink.sent if self.sink else 0
-        dropped = self.sink.dropped if self.sink else 0
-        return StatsReply(s.received, s.interface_dropped, s.dropped + dropped, sent)
-
-    def stop(self) -> None:
-        if self.pending_sink is not None and not self.pending_sink.called:
-            self.pending_sink.cancel()
-        if self.reader is not None:
-            self.reader.stopProducing()
-        if self.sink is not None:
-            self.sink.close()
-        self.handle.close()
-
-
 class ServerSession:
     log = Logger()
 
@@ -275,7 +210,14 @@ class ServerSession:
         self.device: Optional[str] = None
         self.sampling = SetSamplingRequest(SamplingMethod.NONE, 0)
         self.user: Optional[bytes] = None
-        self._capture: Optional[_Capture] = None
+        self._capture: Optional[SessionCapture] = None
+        self._starting: Optional[SessionCapture] = None
+        """A capture being started (opened, its filter not yet in place)."""
+        self._run = runner_of(capture_system)
+        """Where the capture system's blocking calls run (a thread pool; in place for fakes)."""
+        self._compile = getattr(capture_system, "compile", None) or compile_filter
+        self._holds = 0
+        """Work to finish before the next request (a capture closing)."""
         self.packets_forwarded = 0
         """Packets handed to the data channels of every capture this session has run."""
         self._last_stats = StatsReply(0, 0, 0, 0)
@@ -315,7 +257,9 @@ class ServerSession:
         self._draining = True
         handled = 0
         try:
-            while self._queue and not self._busy and self.state is not SessionState.CLOSED:
+            while (
+                self._queue and not self._busy and not self._holds and self.state is not SessionState.CLOSED
+            ):
                 if self._replies_backed_up:
                     break  # replies_backed_up(False) goes on
                 if handled >= REQUESTS_PER_TURN:
@@ -349,7 +293,7 @@ class ServerSession:
         """Read the control connection only when nothing is waiting to be handled."""
         if self.state is SessionState.CLOSED:
             return
-        if self._busy or self._replies_backed_up or self._queue:
+        if self._busy or self._holds or self._replies_backed_up or self._queue:
             self.channel.pause_reading()
         elif self._input_ended:
             # Every request the client sent is answered: now the session ends.
@@ -534,40 +478,55 @@ class ServerSession:
         ]
         return marked + rest
 
-    def _findalldevs(self, msg: FindAllInterfacesRequest) -> None:
-        try:
-            interfaces = self._interfaces()
-        except Exception as e:  # the OS listing failed; say so, keep serving
-            self._error(ErrorCode.FINDALLIF, f"cannot list interfaces: {e}")
-            return
-        if not interfaces:
-            self._error(ErrorCode.NOREMOTEIF, "no interfaces found")
-            return
-        self.channel.send_message(FindAllInterfacesReply(tuple(interfaces)))
+    def _findalldevs(self, msg: FindAllInterfacesRequest) -> defer.Deferred[None]:
+        def listed(interfaces: list[InterfaceInfo]) -> None:
+            if self.state is SessionState.CLOSED:
+                return
+            if not interfaces:
+                self._error(ErrorCode.NOREMOTEIF, "no interfaces found")
+                return
+            self.channel.send_message(FindAllInterfacesReply(tuple(interfaces)))
 
-    def _open(self, msg: OpenRequest) -> None:
+        def failed(f: Failure) -> None:
+            # The OS listing failed; say so, keep serving.
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.FINDALLIF, f"cannot list interfaces: {f.getErrorMessage()}")
+
+        return self._run(self._interfaces).addCallbacks(listed, failed)
+
+    def _open(self, msg: OpenRequest) -> Optional[defer.Deferred[None]]:
         name = msg.device
         if self.state is SessionState.CAPTURING:
             self._error(ErrorCode.OPEN, "a capture is running; end it before opening another device")
-            return
+            return None
         if not is_local_interface_name(name):
             self._error(ErrorCode.OPEN, f"{name!r} is not a local interface name")
-            return
+            return None
         if self.preselected is not None and name != self.preselected:
             self._error(ErrorCode.OPEN, f"only the preselected interface {self.preselected} may be opened")
-            return
-        try:
-            known = {i.name for i in self.capture_system.list_interfaces()}
+            return None
+        system = self.capture_system
+
+        def probe() -> int:
+            known = {i.name for i in system.list_interfaces()}
             if name not in known:
                 raise CaptureError(f"no such interface: {name}")
-            linktype = self.capture_system.probe_linktype(name)
-        except CaptureError as e:
-            self._error(ErrorCode.OPEN, str(e))
-            return
-        self.device = name
-        self.state = SessionState.OPENED
-        self.log.info("Client {peer} opened {device}", peer=self.channel.peer_host, device=name)
-        self.channel.send_message(OpenReply(linktype, 0))
+            return system.probe_linktype(name)
+
+        def probed(linktype: int) -> None:
+            if self.state is SessionState.CLOSED:
+                return
+            self.device = name
+            self.state = SessionState.OPENED
+            self.log.info("Client {peer} opened {device}", peer=self.channel.peer_host, device=name)
+            self.channel.send_message(OpenReply(linktype, 0))
+
+        def failed(f: Failure) -> None:
+            f.trap(CaptureError)
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.OPEN, f.getErrorMessage())
+
+        return self._run(probe).addCallbacks(probed, failed)
 
     def _startcap(self, msg: StartCaptureRequest) -> Optional[defer.Deferred[None]]:
         if self.state is SessionState.CAPTURING:
@@ -609,67 +568,105 @@ class ServerSession:
             # Port 0 is nowhere: a UDP socket "connected" there is closed by the reactor at once.
             self._error(ErrorCode.STARTCAPTURE, "no data port given for the daemon to send to")
             return None
+        return self._start_capture(self.device, msg, program, options)
+
+    @defer.inlineCallbacks
+    def _start_capture(
+        self, device: str, msg: StartCaptureRequest, program: Optional[BpfProgram], options: CaptureOptions
+    ) -> Any:
+        """
+        Open the capture, then its data channel, place its filter and only
+        then start reading and answer.  Whatever arrives first, the session
+        ending (L{close} stops the capture being started) or a refusal, the
+        capture opened is closed.
+        """
+        opened = self.forwarded.opening(self.reactor)  # it will likely join soon
         try:
-            handle = self.capture_system.open(self.device, options)
+            handle = yield self._run(partial(self.capture_system.open, device, options))
         except CaptureError as e:
-            self._error(ErrorCode.STARTCAPTURE, f"cannot capture on {self.device}: {e}")
-            return None
-        capture = _Capture(handle, snaplen, program)
-        peer = self.channel.peer_host
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.STARTCAPTURE, f"cannot capture on {device}: {e}")
+            return
+        finally:
+            opened()
+        capture = SessionCapture(
+            handle,
+            options.snaplen,
+            program,
+            self._run,
+            self._compile,
+            self.forwarded,
+            f"the capture on {device} for {self.channel.peer_host}",
+        )
+        if self.state is SessionState.CLOSED:
+            capture.stop()  # the session ended while the capture opened
+            return
+        self._starting = capture
         try:
-            if StartCapFlags.DGRAM in flags:
+            yield self._start_data_channel(capture, msg, options)
+        except Exception:
+            if self._capture is capture:
+                self._end_capture()
+            else:
+                capture.stop()
+            raise
+        finally:
+            if self._starting is capture:
+                self._starting = None
+
+    @defer.inlineCallbacks
+    def _start_data_channel(
+        self, capture: SessionCapture, msg: StartCaptureRequest, options: CaptureOptions
+    ) -> Any:
+        flags = msg.flag_set
+        peer = self.channel.peer_host
+        snaplen = options.snaplen
+        if StartCapFlags.DGRAM in flags:
+            try:
                 port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
-                try:
-                    self._place_filter(capture, f"udp and port {port} and port {msg.portdata}")
-                except Exception as e:  # whatever it was, the socket must not leak
-                    sink.close()
-                    raise _FilterRefused(str(e)) from e
-                self._begin(capture, options)
-                self._sink_ready(capture, sink)
-                self.channel.send_message(StartCaptureReply(options.buffer_size, port))
-                return None
-            if StartCapFlags.SERVEROPEN in flags or self.channel.active:
-                self._place_filter(capture, f"tcp and port {msg.portdata}")
-                d = self.data_channels.connect_tcp(
-                    peer, msg.portdata, snaplen, self.channel.tls, options.read_timeout_ms
-                )
-                capture.pending_sink = d
-                self._begin(capture, options)
-
-                def connected(sink: IPacketSink) -> None:
-                    self.channel.send_message(StartCaptureReply(options.buffer_size, msg.portdata))
-                    self._sink_ready(capture, sink)
-
-                def failed(f: Failure) -> None:
-                    if f.check(defer.CancelledError) or self._capture is not capture:
-                        return  # the session or capture ended first: nothing to report
-                    self._end_capture()
-                    self._error(
-                        ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {f.getErrorMessage()}"
-                    )
-
-                d.addCallbacks(connected, failed)
-                return d  # type: ignore[return-value]
-            port, d = self.data_channels.listen_tcp(
+            except Exception as e:  # a socket we could not make
+                capture.stop()
+                self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
+                return
+            capture.sink = sink  # closed with the capture, should it go no further
+            if not (yield self._filter_first(capture, f"udp and port {port} and port {msg.portdata}")):
+                return
+            self._begin(capture, options)
+            self._sink_ready(capture, sink)
+            self.channel.send_message(StartCaptureReply(options.buffer_size, port))
+            return
+        if StartCapFlags.SERVEROPEN in flags or self.channel.active:
+            if not (yield self._filter_first(capture, f"tcp and port {msg.portdata}")):
+                return
+            d = self.data_channels.connect_tcp(
+                peer, msg.portdata, snaplen, self.channel.tls, options.read_timeout_ms
+            )
+            capture.pending_sink = d
+            self._begin(capture, options)
+            try:
+                sink = yield d
+            except defer.CancelledError:
+                return  # the session or capture ended first: nothing to report
+            except Exception as e:
+                if self._capture is capture:
+                    yield self._end_capture()
+                    self._error(ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {e}")
+                return
+            if self._capture is not capture:
+                sink.close()
+                return
+            self.channel.send_message(StartCaptureReply(options.buffer_size, msg.portdata))
+            self._sink_ready(capture, sink)
+            return
+        try:
+            port, listening = self.data_channels.listen_tcp(
                 self.channel.local_host, peer, snaplen, self.channel.tls, options.read_timeout_ms
             )
-            try:
-                self._place_filter(capture, f"tcp and port {port}")
-            except Exception as e:  # whatever it was, stop listening
-                d.addErrback(lambda f: f.trap(defer.CancelledError))
-                d.cancel()
-                raise _FilterRefused(str(e)) from e
-        except (CaptureError, _FilterRefused) as e:
-            handle.close()
-            self._error(ErrorCode.STARTCAPTURE, f"cannot filter on {self.device}: {e}")
-            return None
         except Exception as e:  # a socket we could not make
-            handle.close()
+            capture.stop()
             self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
-            return None
-        capture.pending_sink = d
-        self._begin(capture, options)
-        self.channel.send_message(StartCaptureReply(options.buffer_size, port))
+            return
+        capture.pending_sink = listening  # cancelled with the capture, should it go no further
 
         def accepted(sink: IPacketSink) -> None:
             if self._capture is capture:
@@ -684,54 +681,43 @@ class ServerSession:
                 self._end_capture()
                 self._error(ErrorCode.STARTCAPTURE, f.getErrorMessage())
 
-        d.addCallbacks(accepted, not_accepted)
-        return None
+        listening.addCallbacks(accepted, not_accepted)
+        if not (yield self._filter_first(capture, f"tcp and port {port}")):
+            return
+        self._begin(capture, options)
+        self.channel.send_message(StartCaptureReply(options.buffer_size, port))
 
-    def _place_filter(self, capture: _Capture, data_channel: str) -> None:
+    @defer.inlineCallbacks
+    def _filter_first(self, capture: SessionCapture, data_channel: str) -> Any:
+        """
+        Place the capture's filter; whether the start may go on (C{False}:
+        it was refused, and said so, or the session ended meanwhile).
+        """
+        try:
+            placed = yield self._place_filter(capture, data_channel)
+        except CaptureError as e:
+            capture.stop()
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.STARTCAPTURE, f"cannot filter on {self.device}: {e}")
+            return False
+        return bool(placed) and not capture.stopping and self.state is not SessionState.CLOSED
+
+    def _place_filter(self, capture: SessionCapture, data_channel: str) -> defer.Deferred[bool]:
         """
         Give the capture its filter: the client's program, behind a program
-        that drops this session's own control and data traffic (unless the
-        operator turned that off), so that forwarded packets are never
-        captured again.  C{data_channel} is a pcap expression for the data
-        channel's packets.
+        that drops every capturing session's control and data traffic (unless
+        the operator turned that off), so that forwarded packets are never
+        captured again (L{ForwardedTraffic}).  C{data_channel} is a pcap
+        expression for the data channel's packets.  Fires with whether the
+        filter is in place (C{False}: the capture ended first); fails with
+        the kernel's refusal.
         """
         capture.data_channel = data_channel
         capture.own_traffic = self._own_traffic_expression(data_channel)
-        self._apply_filter(capture)
-        # Only a filter in place makes the traffic ours to announce to the others.
         if self.policy.exclude_own_traffic and capture.own_traffic:
-            self.forwarded.set(self, capture.own_traffic)
-
-    def _apply_filter(self, capture: _Capture) -> None:
-        program = capture.client_program
-        if self.policy.exclude_own_traffic and capture.own_traffic:
-            unwanted = None
-            # Everything every session forwards; failing that (a link type
-            # without IP, a program over the kernel's limit), our own.
-            everything = self.forwarded.expression(including=(self, capture.own_traffic))
-            for expression in dict.fromkeys((everything, capture.own_traffic)):
-                try:
-                    unwanted = compile_filter(expression, capture.handle.linktype)
-                except ValueError:
-                    continue
-                client = len(program.instructions) if program else 1
-                if len(unwanted.instructions) + client <= KERNEL_MAX_INSTRUCTIONS:
-                    break
-                unwanted = None
-            if unwanted is not None:
-                program = bpf.exclude(unwanted, program or bpf.ACCEPT_ALL)
-        if program is not None:
-            capture.handle.set_filter(program)
-
-    def refilter(self) -> None:
-        """What the service's sessions forward has changed: place the filter again."""
-        capture = self._capture
-        if capture is None or not capture.own_traffic:
-            return
-        try:
-            self._apply_filter(capture)
-        except CaptureError as e:
-            self.log.warn("Cannot update the filter on {device}: {why}", device=self.device, why=str(e))
+            joined = self.forwarded.join(capture, capture.own_traffic)
+            return joined.addCallback(lambda _: not capture.stopping)
+        return capture.place()
 
     def _own_traffic_expression(self, data_channel: str) -> str:
         peer = self.channel.peer_host
@@ -743,7 +729,7 @@ class ServerSession:
             clauses.append(f"(tcp and port {self.channel.local_port} and port {self.channel.peer_port})")
         return f"{host} and ({' or '.join(clauses)})"
 
-    def _begin(self, capture: _Capture, options: CaptureOptions) -> None:
+    def _begin(self, capture: SessionCapture, options: CaptureOptions) -> None:
         self._capture = capture
         self.state = SessionState.CAPTURING
         self.log.info(
@@ -754,100 +740,144 @@ class ServerSession:
             promisc=options.promiscuous,
         )
 
-    def _sink_ready(self, capture: _Capture, sink: IPacketSink) -> None:
-        capture.pending_sink = None
-        capture.sink = sink
+    def _sink_ready(self, capture: SessionCapture, sink: IPacketSink) -> None:
         reader = CaptureReader(
             self.reactor,  # type: ignore[arg-type]
             capture.handle,
             sink.write_batch,
             lambda why: self._capture_failed(capture, why),
         )
-        capture.reader = reader
         sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
-        sink.attach_producer(reader)
-        reader.start()
+        capture.start_reading(reader, sink)
 
-    def _capture_failed(self, capture: _Capture, why: str) -> None:
+    def _capture_failed(self, capture: SessionCapture, why: str) -> None:
         if self._capture is capture:
             self._end_capture()
             self._error(ErrorCode.READEX, f"capture on {self.device} ended: {why}")
 
-    def _data_channel_lost(self, capture: _Capture, why: str) -> None:
+    def _data_channel_lost(self, capture: SessionCapture, why: str) -> None:
         if self._capture is capture:
             self.log.info("Data channel to {peer} lost: {why}", peer=self.channel.peer_host, why=why)
             self._end_capture()
 
-    def _end_capture(self) -> None:
+    def _end_capture(self) -> defer.Deferred[None]:
+        """
+        Stop the capture now; its handle closes in the capture system's
+        thread.  Until it has (its final counters come with it), the session
+        handles no other request.
+        """
         capture, self._capture = self._capture, None
         if capture is None:
-            return
+            return defer.succeed(None)
         self._last_activity = self.reactor.seconds()  # idle from now, not from the startcap
-        self.forwarded.remove(self)
-        try:
-            self._last_stats = capture.stats()
-        except CaptureError:
-            pass
-        if capture.sink is not None:
-            self.packets_forwarded += capture.sink.sent
-        capture.stop()
+        sink = capture.sink
+        sent, dropped = (sink.sent, sink.dropped) if sink is not None else (0, 0)
+        self.packets_forwarded += sent
         if self.state is SessionState.CAPTURING:
             self.state = SessionState.OPENED
-        self.log.info(
-            "Capture on {device} for {peer} ended: {stats}",
-            device=self.device,
-            peer=self.channel.peer_host,
-            stats=self._last_stats,
-        )
+        device = self.device
 
-    def _updatefilter(self, msg: UpdateFilterRequest) -> None:
+        def ended(stats: Optional[CaptureStats]) -> None:
+            if stats is not None:
+                self._last_stats = StatsReply(
+                    stats.received, stats.interface_dropped, stats.dropped + dropped, sent
+                )
+            self.log.info(
+                "Capture on {device} for {peer} ended: {stats}",
+                device=device,
+                peer=self.channel.peer_host,
+                stats=self._last_stats,
+            )
+
+        d = capture.stop().addCallback(ended)
+        self._hold(d)
+        return d
+
+    def _hold(self, d: defer.Deferred[Any]) -> None:
+        """Handle no request until C{d} has fired."""
+        if d.called:
+            return
+        self._holds += 1
+
+        def release(result: object) -> object:
+            self._holds -= 1
+            self._drain()
+            return result
+
+        d.addBoth(release)
+
+    def _updatefilter(self, msg: UpdateFilterRequest) -> Optional[defer.Deferred[None]]:
         if self._capture is None:
             self._error(ErrorCode.UPDATEFILTER, "no capture is running")
-            return
+            return None
         program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
         capture = self._capture
         try:
             bpf.validate(program)
         except bpf.InvalidFilter as e:
             self._error(ErrorCode.UPDATEFILTER, f"invalid filter: {e}")
-            return
+            return None
         previous, capture.client_program = capture.client_program, program
-        try:
-            self._place_filter(capture, capture.data_channel)
-        except CaptureError as e:
-            capture.client_program = previous  # the old filter is still the one in place
-            self._error(ErrorCode.UPDATEFILTER, f"cannot place the filter: {e}")
-            return
-        self.channel.send_message(UpdateFilterReply())
 
-    def _stats(self, msg: StatsRequest) -> None:
-        if self._capture is None:
+        def placed(done: bool) -> None:
+            if self.state is SessionState.CLOSED:
+                return
+            if not done:
+                self._error(ErrorCode.UPDATEFILTER, "the capture ended")
+                return
+            self.channel.send_message(UpdateFilterReply())
+
+        def refused(f: Failure) -> None:
+            f.trap(CaptureError)
+            if capture.client_program is program:
+                capture.client_program = previous  # the old filter is still the one in place
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.UPDATEFILTER, f"cannot place the filter: {f.getErrorMessage()}")
+
+        return capture.place().addCallbacks(placed, refused)
+
+    def _stats(self, msg: StatsRequest) -> Optional[defer.Deferred[None]]:
+        capture = self._capture
+        if capture is None:
             self.channel.send_message(self._last_stats)
-            return
-        try:
-            stats = self._capture.stats()
-        except CaptureError as e:
-            self._error(ErrorCode.GETSTATS, str(e))
-            return
-        if self.policy.log_stats:
-            self.log.info(
-                "Stats for {peer} on {device}: {received} received, {ifdrop} dropped by the interface, "
-                "{drop} dropped by the kernel or the data channel, {sent} sent",
-                peer=self.channel.peer_host,
-                device=self.device,
-                received=stats.ifrecv,
-                ifdrop=stats.ifdrop,
-                drop=stats.krnldrop,
-                sent=stats.svrcapt,
-            )
-        self.channel.send_message(stats)
+            return None
 
-    def _endcap(self, msg: EndCaptureRequest) -> None:
+        def counted(s: CaptureStats) -> None:
+            if self.state is SessionState.CLOSED:
+                return
+            sink = capture.sink
+            sent, dropped = (sink.sent, sink.dropped) if sink is not None else (0, 0)
+            stats = StatsReply(s.received, s.interface_dropped, s.dropped + dropped, sent)
+            if self.policy.log_stats:
+                self.log.info(
+                    "Stats for {peer} on {device}: {received} received, {ifdrop} dropped by the interface, "
+                    "{drop} dropped by the kernel or the data channel, {sent} sent",
+                    peer=self.channel.peer_host,
+                    device=self.device,
+                    received=stats.ifrecv,
+                    ifdrop=stats.ifdrop,
+                    drop=stats.krnldrop,
+                    sent=stats.svrcapt,
+                )
+            self.channel.send_message(stats)
+
+        def failed(f: Failure) -> None:
+            f.trap(CaptureError)
+            if self.state is not SessionState.CLOSED:
+                self._error(ErrorCode.GETSTATS, f.getErrorMessage())
+
+        return capture.stats().addCallbacks(counted, failed)
+
+    def _endcap(self, msg: EndCaptureRequest) -> Optional[defer.Deferred[None]]:
         if self._capture is None:
             self._error(ErrorCode.ENDCAPTURE, "no capture is running")
-            return
-        self._end_capture()
-        self.channel.send_message(EndCaptureReply())
+            return None
+
+        def ended(_: object) -> None:
+            if self.state is not SessionState.CLOSED:
+                self.channel.send_message(EndCaptureReply())
+
+        return self._end_capture().addCallback(ended)
 
     def _setsampling(self, msg: SetSamplingRequest) -> None:
         if msg.method not in tuple(SamplingMethod):
@@ -874,6 +904,9 @@ class ServerSession:
         if self.state is SessionState.CLOSED:
             return
         self._end_capture()
+        if self._starting is not None:
+            self._starting.stop()  # its start sees that, and goes no further
+            self._starting = None
         self._cancel_auth_timer()
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()

@@ -1,0 +1,264 @@
+"""
+L{SessionCapture}: one capture of a session, with its handle, reader and
+data channel, and the blocking calls made on its handle.
+
+Those calls (placing a filter, reading the counters, closing) run through
+the capture system's runner, off the reactor thread, one at a time and in
+the order they were asked for; a filter is built when its placement starts,
+from the latest state, so the last placement always has it.  Once the
+capture is stopped, filters still waiting are not placed, and closing comes
+last: nothing touches a handle (or a descriptor number the kernel may have
+reused) after it is closed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import partial
+from typing import Any, Callable, Hashable, Optional
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from ..capture.blocking import BlockingRunner
+from ..capture.reader import CaptureReader
+from ..capture.system import CaptureError, CaptureStats, ICaptureHandle, PrefixedProgram
+from ..protocol import bpf
+from ..protocol.wire import BpfProgram
+from .datachannel import IPacketSink
+from .forwarded import ForwardedTraffic
+
+KERNEL_MAX_INSTRUCTIONS = 4096
+"""Linux runs classic BPF programs of at most this many instructions (BPF_MAXINSNS)."""
+
+Compiler = Callable[[str, int], BpfProgram]
+
+
+def place_filter(handle: ICaptureHandle, programs: list[BpfProgram]) -> bool:
+    """In a worker: the first of C{programs} the kernel takes (the last refusal raised)."""
+    for program in programs[:-1]:
+        try:
+            handle.set_filter(program)
+            return True
+        except CaptureError:
+            continue
+    handle.set_filter(programs[-1])
+    return True
+
+
+def close_capture(handle: ICaptureHandle) -> Optional[CaptureStats]:
+    """In a worker: the final counters (C{None} if libpcap has none), then close."""
+    try:
+        stats: Optional[CaptureStats] = handle.stats()
+    except CaptureError:
+        stats = None
+    handle.close()
+    return stats
+
+
+def compile_clauses(compile: Compiler, clauses: list[str], linktype: int) -> list[Optional[BpfProgram]]:
+    """In a worker: each clause compiled for C{linktype}, C{None} where libpcap cannot."""
+    out: list[Optional[BpfProgram]] = []
+    for clause in clauses:
+        try:
+            out.append(compile(clause, linktype))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def _placed_nothing() -> bool:
+    return True
+
+
+def _same(key: Any, other: Any) -> bool:
+    """Two placement keys: the same exclusion (by serial numbers) and the very same client program."""
+    return bool(key[0] == other[0] and key[1] is other[1])
+
+
+def _fire(d: Deferred[Any], result: Any) -> None:
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+class SessionCapture:
+    """One capture of a session; see the module docstring."""
+
+    def __init__(
+        self,
+        handle: ICaptureHandle,
+        snaplen: int,
+        client_program: Optional[BpfProgram],
+        run: BlockingRunner,
+        compile: Compiler,
+        forwarded: ForwardedTraffic,
+        description: str = "",
+    ) -> None:
+        self.handle = handle
+        self.snaplen = snaplen
+        self.client_program = client_program
+        self.own_traffic = ""
+        """This capture's session's traffic, as a pcap expression (C{""}: none known)."""
+        self.data_channel = ""
+        self.reader: Optional[CaptureReader] = None
+        self.sink: Optional[IPacketSink] = None
+        self.pending_sink: Optional[Deferred[IPacketSink]] = None
+        self.stopping = False
+        self.description = description
+        self._run = run
+        self._compile = compile
+        self._forwarded = forwarded
+        self._jobs: deque[tuple[Callable[[], Optional[Callable[[], Any]]], Deferred[Any]]] = deque()
+        self._job_running = False
+        self._draining = False
+        self._closed: Optional[Deferred[Optional[CaptureStats]]] = None
+        self._placed_key: Optional[Hashable] = None
+        """What the last filter placed was made of (see L{place})."""
+        self._closed_result: Any = None
+        self._close_waiters: list[Deferred[Optional[CaptureStats]]] = []
+
+    @property
+    def linktype(self) -> int:
+        return int(self.handle.linktype)
+
+    def describe(self) -> str:
+        return self.description
+
+    # --- the handle's calls, one at a time ------------------------------------------
+
+    def _submit(self, prepare: Callable[[], Optional[Callable[[], Any]]]) -> Deferred[Any]:
+        """
+        Queue a call on the handle.  C{prepare} runs in the reactor thread when
+        the call's turn comes and gives the blocking call (C{None}: nothing
+        to do, the result is C{False}).
+        """
+        d: Deferred[Any] = Deferred()
+        self._jobs.append((prepare, d))
+        self._next_job()
+        return d
+
+    def _next_job(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._jobs and not self._job_running:
+                prepare, d = self._jobs.popleft()
+                try:
+                    call = prepare()
+                except BaseException:
+                    d.errback()
+                    continue
+                if call is None:
+                    d.callback(False)
+                    continue
+                self._job_running = True
+                self._run(call).addBoth(self._job_done, d)
+        finally:
+            self._draining = False
+
+    def _job_done(self, result: Any, d: Deferred[Any]) -> None:
+        self._job_running = False
+        _fire(d, result)
+        self._next_job()
+
+    # --- filters --------------------------------------------------------------------
+
+    def programs(self) -> list[BpfProgram]:
+        """
+        The filters to place, best first: the client's program behind every
+        session's forwarded traffic, or failing that (the kernel's limits)
+        behind this session's own; without exclusion, the client's alone.
+        """
+        return self._programs()[1]
+
+    def _programs(self) -> tuple[Hashable, list[BpfProgram]]:
+        client = self.client_program
+        if self in self._forwarded:
+            key, prefixes = self._forwarded.exclusion(self)
+            size = len(client.instructions) if client is not None else 1
+            body = (client or bpf.ACCEPT_ALL).instructions
+            fitting = [p for p in prefixes if len(p) + size <= KERNEL_MAX_INSTRUCTIONS]
+            if fitting:
+                return (key, client), [PrefixedProgram(p + body, p) for p in fitting]
+        return (None, client), [client] if client is not None else []
+
+    def place(self, if_changed: bool = False) -> Deferred[bool]:
+        """
+        Place the filter L{programs} gives when this placement starts (with
+        C{if_changed}, only if it differs from the last placed); C{False} if
+        nothing was placed (the capture stopped first).
+        """
+
+        chosen: list[Hashable] = []
+
+        def prepare() -> Optional[Callable[[], bool]]:
+            if self.stopping:
+                return None
+            key, programs = self._programs()
+            if if_changed and self._placed_key is not None and _same(key, self._placed_key):
+                return None
+            chosen.append(key)
+            if not programs:
+                return _placed_nothing
+            return partial(place_filter, self.handle, programs)
+
+        def placed(done: bool) -> bool:
+            if done and chosen:
+                self._placed_key = chosen[0]
+            return done
+
+        return self._submit(prepare).addCallback(placed)
+
+    def compile_clauses(self, clauses: list[str], linktype: int) -> Deferred[list[Optional[BpfProgram]]]:
+        return self._run(partial(compile_clauses, self._compile, clauses, linktype))
+
+    # --- counters and the end ----------------------------------------------------------
+
+    def stats(self) -> Deferred[CaptureStats]:
+        """libpcap's counters (raises L{CaptureError}); read before any close asked for later."""
+        return self._submit(lambda: partial(self.handle.stats))
+
+    def start_reading(self, reader: CaptureReader, sink: IPacketSink) -> None:
+        self.pending_sink = None
+        self.sink = sink
+        self.reader = reader
+        sink.attach_producer(reader)
+        reader.start()
+
+    def stop(self) -> Deferred[Optional[CaptureStats]]:
+        """
+        Stop reading and forwarding now; close the handle once the calls
+        already asked for are done.  Fires with the final counters (C{None}
+        if libpcap had none).
+        """
+        if self._closed is None:
+            self.stopping = True
+            self._forwarded.leave(self)
+            if self.pending_sink is not None and not self.pending_sink.called:
+                self.pending_sink.cancel()
+            if self.reader is not None:
+                self.reader.stopProducing()
+            if self.sink is not None:
+                self.sink.close()
+            self._closed = self._submit(lambda: partial(close_capture, self.handle))
+            self._closed.addBoth(self._handle_closed)
+        return self.when_closed()
+
+    def _handle_closed(self, result: Any) -> None:
+        self._closed_result = result
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            _fire(d, result)
+
+    def when_closed(self) -> Deferred[Optional[CaptureStats]]:
+        """Fires with the final counters once the handle is closed (L{stop} was called)."""
+        if self._closed is not None and self._closed.called:
+            result = self._closed_result
+            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
+        d: Deferred[Optional[CaptureStats]] = Deferred()
+        self._close_waiters.append(d)
+        return d
