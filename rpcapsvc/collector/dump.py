@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, serverFromString
+from twisted.internet.endpoints import connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
@@ -38,7 +38,6 @@ from ..protocol.datachannel import CapturedPacket
 from ..protocol.wire import (
     AuthRequest,
     EndCaptureRequest,
-    ErrorCode,
     ErrorReply,
     FindAllInterfacesRequest,
     InterfaceFlags,
@@ -60,6 +59,18 @@ from .client import (
     RpcapClientProtocol,
     start_capture,
 )
+from .connect import (
+    Advice,
+    Daemon,
+    Ending,
+    UnusableCA,
+    data_channel_trouble,
+    ended_by,
+    is_tls_error,
+    stop_at_daemon,
+    tls_reasons,
+)
+from .connect import client_endpoint as _client_endpoint
 from .files import CaptureFileWriter, RotatingCaptureFiles
 
 DEFAULT_PORT = 2002
@@ -587,100 +598,32 @@ class DumpClientFactory(RpcapClientFactory):
 def client_endpoint(
     reactor: Any, source: Source, ca: Optional[str], timeout: float = 30.0
 ) -> IStreamClientEndpoint:
-    endpoint = HostnameEndpoint(reactor, source.host, source.port, timeout=timeout)
-    if not source.tls:
-        return endpoint
-    from twisted.internet import ssl
-    from twisted.internet.endpoints import wrapClientTLS
-
-    if ca:
-        try:
-            with open(ca, "rb") as f:
-                trust = ssl.Certificate.loadPEM(f.read())
-        except OSError as e:
-            raise UsageError(f"cannot read the CA certificate {ca}: {e.strerror or e}") from None
-        except Exception as e:
-            raise UsageError(
-                f"{ca} holds no PEM certificate ({e}): give the CA's certificate to --ca"
-            ) from None
-        options = ssl.optionsForClientTLS(source.host, trustRoot=trust)
-    else:
-        options = ssl.optionsForClientTLS(source.host)
-    return wrapClientTLS(options, endpoint)
+    """The endpoint for C{source}'s daemon (L{connect.client_endpoint}); a bad C{--ca} is a usage error."""
+    try:
+        return _client_endpoint(reactor, source.host, source.port, source.tls, ca, timeout)
+    except UnusableCA as e:
+        raise UsageError(str(e)) from None
 
 
-def _tls_reasons(error: BaseException) -> str:
-    """The reasons in an OpenSSL error (a list of (library, function, reason))."""
-    reasons = []
-    for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
-        if isinstance(item, tuple) and item:
-            reasons.append(str(item[-1]))
-    return ", ".join(r for r in reasons if r) or str(error) or type(error).__name__
+def advice(url: Optional[Source]) -> Advice:
+    """What rpcap-dump tells its user to do, in its options; for TLS, the URL to give (none with --active)."""
+    return Advice(
+        give_ca="give the CA that signed it with --ca PEM",
+        without_tls="use rpcap:// instead of rpcaps://",
+        with_tls=f"use {_with_tls(url)}" if url is not None else "",
+        tls_hint="rpcaps://" if url is not None else "",
+        log_in="log in with --auth USER (the password from --password-file, $RPCAP_PASSWORD or a prompt)",
+        check_login="check the user (--auth) and the password (--password-file or $RPCAP_PASSWORD)",
+        try_udp="try --udp",
+        wait_longer="--timeout to wait longer",
+    )
 
 
-def _is_tls_error(error: BaseException) -> bool:
-    from OpenSSL.SSL import Error as TLSError
-    from service_identity import VerificationError
-
-    return isinstance(error, (TLSError, VerificationError))
-
-
-def explain_tls(error: BaseException, where: str, host: str) -> str:
-    """One line for a TLS failure with the daemon at C{where}: what went wrong, and what to do."""
-    from service_identity import VerificationError
-
-    if isinstance(error, VerificationError):
-        return (
-            f"the certificate of the daemon at {where} does not name {host}:"
-            " connect with a name or address the certificate holds"
-        )
-    reasons = _tls_reasons(error)
-    if "certificate verify failed" in reasons:
-        return (
-            f"the certificate of the daemon at {where} is not trusted ({reasons}):"
-            " give the CA that signed it with --ca PEM"
-        )
-    if "wrong version number" in reasons or "unexpected eof" in reasons or "record layer failure" in reasons:
-        return (
-            f"TLS with {where} failed ({reasons}): if the daemon does not listen with TLS,"
-            " use rpcap:// instead of rpcaps://"
-        )
-    return f"TLS with the daemon at {where} failed: {reasons}"
-
-
-def _connect_error(error: BaseException, where: str, timeout: float) -> DumpError:
-    from twisted.internet import error as net
-
-    if isinstance(error, (defer.TimeoutError, net.TimeoutError)):
-        return DumpError(
-            f"cannot connect to {where}: no answer within {timeout:g} s (--timeout to wait longer)"
-        )
-    if isinstance(error, net.ConnectionRefusedError):
-        return DumpError(
-            f"cannot connect to {where}: connection refused (is the daemon running and listening there?)"
-        )
-    if isinstance(error, net.DNSLookupError):
-        return DumpError(f"cannot connect to {where}: the name does not resolve (check the host name)")
-    if isinstance(error, net.ConnectError):
-        reason = (
-            error.osError.strerror
-            if getattr(error, "osError", None)
-            else (error.args[0] if error.args else "")
-        )
-        return DumpError(f"cannot connect to {where}: {reason or error}")
-    return DumpError(f"cannot connect to {where}: {error}")
+def _with_tls(source: Source) -> str:
+    return Source("rpcaps", source.host, source.port, source.interface).url()
 
 
 # --- a capture -----------------------------------------------------------------------
-
-
-@attrs.frozen
-class Ending:
-    """Why a capture ended: the exit status, and the last line said about it."""
-
-    code: int
-    text: str
-    kind: str = ""
 
 
 def _signal_ending(signame: str) -> Ending:
@@ -714,9 +657,7 @@ def _silent(error: NoReply) -> Ending:
 
 
 def _daemon_ended(error: ErrorReply) -> Ending:
-    return Ending(
-        EXIT_DAEMON_ENDED, f"the daemon ended the capture: {error.text} (error {error.code})", "ended"
-    )
+    return Ending(EXIT_DAEMON_ENDED, ended_by("the daemon", error), "ended")
 
 
 class Output:
@@ -991,8 +932,10 @@ def interrupt_all(signame: str) -> None:
         r.interrupt(signame)
 
 
-def _with_tls(source: Source) -> str:
-    return Source("rpcaps", source.host, source.port, source.interface).url()
+_FIRST_WORD_IS_THE_INTERFACE = (
+    "with --active the first word is the interface: put the filter after it, or name the interface with -i"
+)
+"""Said when the daemon has no interface named as --active's first word."""
 
 
 class Run:
@@ -1080,15 +1023,11 @@ class Run:
         except (Interrupted, DumpError):
             raise
         except RemoteError as e:
-            raise self._refused(e) from None
+            raise DumpError(self._peer().refused(e)) from None
         except NoReply as e:
             if args.active:
                 raise DumpError(f"{e} (--timeout to wait longer)") from None
-            tls = "" if args.url.tls else "rpcaps:// if it listens with TLS; "
-            raise DumpError(
-                f"{args.url.address} accepted the connection but did not answer the login"
-                f" within {e.seconds:g} s: is it an RPCAP daemon? ({tls}--timeout to wait longer)"
-            ) from None
+            raise DumpError(self._peer().silent(e.seconds)) from None
         except Exception as e:
             raise self._gone_before_capture(e) from None
 
@@ -1108,7 +1047,7 @@ class Run:
         interface = args.device
         if not interface:
             if not interfaces:
-                raise DumpError(f"{self._daemon()} lists no interfaces: name one with -i")
+                raise DumpError(f"{self._peer().name} lists no interfaces: name one with -i")
             interface = interfaces[0].name  # a preselected interface is listed first
         settings = CaptureSettings(
             interface,
@@ -1120,12 +1059,13 @@ class Run:
         capture = await self._start(client, settings, interfaces)
         return await self._capture(client, capture, interface)
 
-    def _daemon(self) -> str:
-        """The daemon, as messages name it."""
-        if self.args.url is not None:
-            return f"the daemon at {self.args.url.address}"
+    def _peer(self) -> Daemon:
+        """The daemon: the URL's, or (with --active) the one that connected, if one has."""
+        url: Optional[Source] = self.args.url
+        if url is not None:
+            return Daemon(advice(url), url.address, url.host, url.tls, self.args.auth)
         host = self.client.peer_host if self.client is not None else ""
-        return f"the daemon at {host}" if host else "the daemon"
+        return Daemon(advice(None), host=host, user=self.args.auth)
 
     async def _connect(self) -> DumpClient:
         source: Source = self.args.url
@@ -1138,9 +1078,7 @@ class Run:
         except Interrupted:
             raise
         except Exception as e:
-            if _is_tls_error(e):
-                raise DumpError(explain_tls(e, source.address, source.host)) from None
-            raise _connect_error(e, source.address, self.timeout) from None
+            raise DumpError(self._peer().unreachable(e, self.timeout)) from None
         return client
 
     async def _wait_for_daemon(self) -> DumpClient:
@@ -1180,59 +1118,14 @@ class Run:
         self.say(f"daemon connected from {client.peer_host}")
         return client
 
-    def _refused(self, e: RemoteError) -> DumpError:
-        args = self.args
-        said = f"{e.text} (error {e.code})"
-        daemon = self._daemon()
-        if e.code in (ErrorCode.AUTH, ErrorCode.AUTH_FAILED, ErrorCode.AUTH_TYPE_NOTSUP):
-            if not args.auth:
-                return DumpError(
-                    f"{daemon} wants a password: {said}; log in with --auth USER"
-                    " (the password from --password-file, $RPCAP_PASSWORD or a prompt)"
-                )
-            return DumpError(
-                f"{daemon} refused the login as {args.auth}: {said};"
-                " check the user (--auth) and the password (--password-file or $RPCAP_PASSWORD)"
-            )
-        if e.code == ErrorCode.TLS_REQUIRED and args.url is not None:
-            return DumpError(f"{daemon} requires TLS: {said}; use {_with_tls(args.url)}")
-        if e.code == ErrorCode.HOSTNOAUTH:
-            return DumpError(
-                f"{daemon} does not let this host in: {said}; its allow list must name this host"
-            )
-        return DumpError(f"{daemon} refused: {said}")
-
     def _gone_before_capture(self, e: BaseException) -> DumpError:
         """Why the control connection failed before the capture started."""
-        client, url = self.client, self.args.url
-        if _is_tls_error(e):
-            if url is None:  # --active with TLS: the daemon checked our certificate
-                return DumpError(f"TLS with {self._daemon()} failed: {_tls_reasons(e)}")
-            return DumpError(explain_tls(e, url.address, url.host))
-        if client is not None and client.errors:
-            first = client.errors[0]
-            return self._refused(RemoteError(first.code, first.text))
-        if isinstance(e, (ConnectionDone, ConnectionLost)):
-            what = "closed the connection" if isinstance(e, ConnectionDone) else "lost the connection"
-            if url is None:
-                return DumpError(f"{self._daemon()} {what} without answering")
-            if client is not None and client.spoke_tls and not url.tls:
-                return DumpError(f"{url.address} answered with TLS: use {_with_tls(url)}")
-            if not url.tls:
-                return DumpError(
-                    f"{url.address} {what} without answering: if the daemon listens with TLS,"
-                    f" use {_with_tls(url)}"
-                )
-            return DumpError(f"{url.address} {what} without answering")
-        if isinstance(e, RpcapError):
-            return DumpError(f"{self._daemon()} sent something that is not RPCAP: {e}")
-        return DumpError(f"{self._daemon()}: {e}")
+        client = self.client
+        return DumpError(self._peer().gone(e, client, client is not None and client.spoke_tls))
 
     async def _start(
         self, client: DumpClient, settings: CaptureSettings, interfaces: tuple[InterfaceInfo, ...]
     ) -> RemoteCapture:
-        from twisted.internet.error import ConnectError
-
         args = self.args
         starting = defer.ensureDeferred(
             start_capture(
@@ -1250,36 +1143,14 @@ class Run:
             )
         except (Interrupted, DumpError):
             raise
-        except ValueError as e:  # the filter, compiled here for the daemon's link type
-            raise UsageError(f"{e} (man pcap-filter gives the syntax)") from None
-        except RemoteError as e:
-            said = f"{e.text} (error {e.code})"
-            if e.code == ErrorCode.OPEN:
-                names = ", ".join(i.name for i in interfaces) or "none"
-                hint = f"its interfaces: {names}"
-                if args.device_from_word:
-                    hint += (
-                        "; with --active the first word is the interface:"
-                        " put the filter after it, or name the interface with -i"
-                    )
-                raise DumpError(f"{self._daemon()} cannot open {settings.device}: {said}; {hint}") from None
-            if e.code == ErrorCode.STARTCAPTURE:
-                raise DumpError(f"{self._daemon()} cannot start the capture: {said}") from None
-            raise self._refused(e) from None
         except NoReply as e:
             raise DumpError(f"{e} (--timeout to wait longer)") from None
-        except defer.TimeoutError:
-            raise DumpError(
-                f"{self._daemon()} did not open the data connection within {self.timeout:g} s:"
-                " a firewall between it and here? (try --udp)"
-            ) from None
-        except ConnectError as e:
-            raise DumpError(
-                f"cannot make the data connection to {self._daemon()} ({e}):"
-                " a firewall between here and it? (try --udp)"
-            ) from None
         except Exception as e:
-            raise self._gone_before_capture(e) from None
+            hint = _FIRST_WORD_IS_THE_INTERFACE if args.device_from_word else ""
+            why = self._peer().not_started(e, settings.device, interfaces, self.timeout, hint)
+            if why is None:
+                raise self._gone_before_capture(e) from None
+            raise (UsageError if isinstance(e, ValueError) else DumpError)(why) from None
 
     def _packets(self, packets: list[CapturedPacket]) -> None:
         if self.dump is not None:
@@ -1331,12 +1202,9 @@ class Run:
             if loop.running:
                 loop.stop()
         ending = await self._finish(client, capture, dump, ending)
-        if capture.data_error is not None:
-            raise DataChannelError(f"the data channel could not be read: {capture.data_error}")
-        if capture.nothing_decoded:
-            raise DataChannelError(
-                "the data channel carried data, but not one packet could be decoded from it"
-            )
+        trouble = data_channel_trouble(capture)
+        if trouble is not None:
+            raise DataChannelError(trouble)
         if ending.code != EXIT_OK:
             raise CaptureCutShort(ending.text, ending.code)
         sys.stderr.write(f"rpcap-dump: {ending.text}\n")
@@ -1348,20 +1216,8 @@ class Run:
             self.dump.tick()
 
     async def _stop(self, capture: RemoteCapture) -> Union[StatsReply, Exception]:
-        """End the capture at the daemon: its last counters (or why there are none), endcap, data channel closed."""
-        client = capture.client
-        result: Union[StatsReply, Exception]
-        try:
-            result = await self.wait(client.stats(), "while waiting for the daemon's last counters")
-        except Exception as e:
-            result = e
-        else:
-            try:
-                await self.wait(client.end_capture(), "while waiting for the daemon to end the capture")
-            except Exception:
-                pass
-        capture.close_data()
-        return result
+        """End the capture at the daemon (L{stop_at_daemon}), each reply awaited as L{wait} does."""
+        return await stop_at_daemon(capture, lambda d, what: self.wait(d, f"while waiting for {what}"))
 
     async def _finish(self, client: DumpClient, capture: RemoteCapture, dump: Dump, ending: Ending) -> Ending:
         """The capture is over: end it at the daemon, finish the output, say the summary; the ending, as now known."""
@@ -1427,8 +1283,8 @@ def report(error: BaseException) -> int:
         message, code = f"{error} (--timeout to wait longer)", EXIT_FAILED
     elif isinstance(error, ConnectError):
         message, code = f"cannot connect: {error}", EXIT_FAILED
-    elif _is_tls_error(error):
-        message, code = f"TLS with the daemon failed: {_tls_reasons(error)}", EXIT_FAILED
+    elif is_tls_error(error):
+        message, code = f"TLS with the daemon failed: {tls_reasons(error)}", EXIT_FAILED
     elif isinstance(error, (RpcapError, OSError)):
         message, code = str(error), EXIT_FAILED
     elif isinstance(error, KeyboardInterrupt):

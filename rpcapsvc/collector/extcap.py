@@ -52,6 +52,16 @@ from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequenc
 import attrs
 
 from .. import __version__
+from .connect import (
+    Advice,
+    Daemon,
+    Ending,
+    UnusableCA,
+    client_endpoint,
+    data_channel_trouble,
+    ended_by,
+    stop_at_daemon,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -210,6 +220,9 @@ _LOG_FILE = Arg(
     "Debug",
 )
 
+_DAEMON_AND_CAPTURE = (_USERNAME, _PASSWORD, _INTERFACE, _FILTER, _NOPROM, _SNAPLEN, _UDP, _LOG_FILE)
+"""The options of both interfaces, after those that say where the daemon is."""
+
 ARGS: dict[str, tuple[Arg, ...]] = {
     PASSIVE: (
         Arg(
@@ -245,14 +258,7 @@ ARGS: dict[str, tuple[Arg, ...]] = {
             "Server",
             mustexist=True,
         ),
-        _USERNAME,
-        _PASSWORD,
-        _INTERFACE,
-        _FILTER,
-        _NOPROM,
-        _SNAPLEN,
-        _UDP,
-        _LOG_FILE,
+        *_DAEMON_AND_CAPTURE,
     ),
     ACTIVE: (
         Arg(
@@ -273,14 +279,7 @@ ARGS: dict[str, tuple[Arg, ...]] = {
             "Server",
             placeholder="every IPv4 address",
         ),
-        _USERNAME,
-        _PASSWORD,
-        _INTERFACE,
-        _FILTER,
-        _NOPROM,
-        _SNAPLEN,
-        _UDP,
-        _LOG_FILE,
+        *_DAEMON_AND_CAPTURE,
     ),
 }
 
@@ -524,66 +523,35 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _connect_error(error: BaseException, where: str) -> ExtcapError:
-    from twisted.internet import defer
-    from twisted.internet import error as net
-
-    if isinstance(error, ExtcapError):
-        return error
-    if isinstance(error, (defer.TimeoutError, net.TimeoutError)):
-        return ExtcapError(f"cannot connect to {where}: no answer within {CONNECT_TIMEOUT:g} s")
-    if isinstance(error, net.ConnectionRefusedError):
-        return ExtcapError(
-            f"cannot connect to {where}: connection refused (is the daemon running and listening there?)"
-        )
-    if isinstance(error, net.DNSLookupError):
-        return ExtcapError(f"cannot connect to {where}: the name does not resolve")
-    if _is_tls_error(error):
-        return ExtcapError(
-            f"TLS with {where} failed: {_tls_reasons(error)} (is the CA certificate the right one?)"
-        )
-    if isinstance(error, net.ConnectError):
-        os_error = getattr(error, "osError", None)
-        return ExtcapError(f"cannot connect to {where}: {getattr(os_error, 'strerror', None) or error}")
-    return ExtcapError(f"cannot connect to {where}: {error}")
+def _advice(active: bool) -> Advice:
+    """What this program tells its user to do, in the fields of the interface's options (no TLS for rpcap-active)."""
+    tls = "" if active else "tick TLS (--tls)"
+    return Advice(
+        give_ca="give the CA that signed it as CA certificate (--ca)",
+        without_tls="untick TLS (--tls)",
+        with_tls=tls,
+        tls_hint=tls,
+        log_in="give a Username (--remote-username) and its Password (--remote-password)",
+        check_login="check the username and password",
+        try_udp="try UDP",
+    )
 
 
-def _is_tls_error(error: BaseException) -> bool:
-    try:
-        from OpenSSL.SSL import Error as TLSError
-        from service_identity import VerificationError
-    except ImportError:
-        return False
-    return isinstance(error, (TLSError, VerificationError))
-
-
-def _tls_reasons(error: BaseException) -> str:
-    reasons = []
-    for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
-        if isinstance(item, tuple) and item:
-            reasons.append(str(item[-1]))
-    return ", ".join(r for r in reasons if r) or str(error) or type(error).__name__
-
-
-def _refused(error: Exception, daemon: str) -> ExtcapError:
-    """A daemon's refusal (L{RemoteError}), in one line, with what to do."""
-    from ..protocol.wire import ErrorCode, RemoteError
-
-    if not isinstance(error, RemoteError):
-        return ExtcapError(f"{daemon}: {error}")
-    said = f"{error.text} (error {error.code})"
-    if error.code in (ErrorCode.AUTH, ErrorCode.AUTH_FAILED, ErrorCode.AUTH_TYPE_NOTSUP):
-        return ExtcapError(f"{daemon} refused the login: {said}; check the username and password")
-    if error.code == ErrorCode.TLS_REQUIRED:
-        return ExtcapError(f"{daemon} requires TLS: {said}; tick TLS (--tls)")
-    if error.code == ErrorCode.HOSTNOAUTH:
-        return ExtcapError(f"{daemon} does not let this host in: {said}")
-    return ExtcapError(f"{daemon} refused: {said}")
+def daemon_of(args: argparse.Namespace, peer_host: Optional[str] = None) -> Daemon:
+    """
+    The daemon of C{--remote-host}, or with C{peer_host} the one that
+    dialled in from there (rpcap-active), as messages name it.
+    """
+    user = args.remote_username or None
+    if peer_host is not None:
+        return Daemon(_advice(active=True), host=peer_host, user=user)
+    host = args.remote_host or ""
+    return Daemon(_advice(active=False), _address(host, args.remote_port), host, args.tls, user)
 
 
 async def connect(reactor: Any, args: argparse.Namespace, timeout: float) -> RpcapClientProtocol:
     """A logged-in control connection to the daemon of C{--remote-host}."""
-    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+    from twisted.internet.endpoints import connectProtocol
 
     from .client import RpcapClientProtocol
 
@@ -591,29 +559,18 @@ async def connect(reactor: Any, args: argparse.Namespace, timeout: float) -> Rpc
         raise ExtcapError(
             "no remote host: set Remote host (--remote-host) in the interface's options", EXIT_USAGE
         )
-    where = _address(args.remote_host, args.remote_port)
-    endpoint: Any = HostnameEndpoint(reactor, args.remote_host, args.remote_port, timeout=timeout)
-    if args.tls:
-        from twisted.internet import ssl
-
-        if args.ca:
-            try:
-                trust = ssl.Certificate.loadPEM(Path(args.ca).read_bytes())
-            except OSError as e:
-                raise ExtcapError(f"cannot read the CA certificate {args.ca}: {e.strerror or e}") from None
-            except Exception as e:
-                raise ExtcapError(f"{args.ca} holds no PEM certificate ({e})") from None
-            options = ssl.optionsForClientTLS(args.remote_host, trustRoot=trust)
-        else:
-            options = ssl.optionsForClientTLS(args.remote_host)
-        endpoint = wrapClientTLS(options, endpoint)
+    daemon = daemon_of(args)
+    try:
+        endpoint = client_endpoint(reactor, args.remote_host, args.remote_port, args.tls, args.ca, timeout)
+    except UnusableCA as e:
+        raise ExtcapError(str(e), EXIT_USAGE) from None
     client = RpcapClientProtocol()
     try:
-        await _within(connectProtocol(endpoint, client), timeout, reactor, "the connection")
+        await connectProtocol(endpoint, client).addTimeout(timeout, reactor)
     except Exception as e:
-        raise _connect_error(e, where) from None
+        raise ExtcapError(daemon.unreachable(e, timeout)) from None
     try:
-        await login(reactor, client, args, f"the daemon at {where}", timeout)
+        await login(reactor, client, args, daemon, timeout)
     except BaseException:
         client.close()
         raise
@@ -621,49 +578,46 @@ async def connect(reactor: Any, args: argparse.Namespace, timeout: float) -> Rpc
 
 
 async def login(
-    reactor: Any, client: RpcapClientProtocol, args: argparse.Namespace, daemon: str, timeout: float
+    reactor: Any, client: RpcapClientProtocol, args: argparse.Namespace, daemon: Daemon, timeout: float
 ) -> None:
+    from twisted.internet import defer
+
     from ..protocol.wire import RemoteError
 
     user = args.remote_username.encode() if args.remote_username else None
     password = (args.remote_password or "").encode()
     try:
-        await _within(
-            client.authenticate(user, password), timeout, reactor, f"the answer of {daemon} to the login"
-        )
+        await client.authenticate(user, password).addTimeout(timeout, reactor)
     except RemoteError as e:
-        raise _refused(e, daemon) from None
-    except ExtcapError:
-        raise
+        raise ExtcapError(daemon.refused(e)) from None
+    except defer.TimeoutError:
+        raise ExtcapError(daemon.silent(timeout)) from None
     except Exception as e:
-        if _is_tls_error(e):
-            raise ExtcapError(f"TLS with {daemon} failed: {_tls_reasons(e)}") from None
-        tls = "" if args.tls else "; if it listens with TLS, tick TLS (--tls)"
-        raise ExtcapError(f"{daemon} closed the connection without answering the login{tls}") from None
+        raise ExtcapError(daemon.gone(e, client)) from None
 
 
 async def find_interfaces(
-    reactor: Any, client: RpcapClientProtocol, daemon: str, timeout: float
+    reactor: Any, client: RpcapClientProtocol, daemon: Daemon, timeout: float
 ) -> tuple[InterfaceInfo, ...]:
     from ..protocol.wire import RemoteError
 
     try:
         return await _within(
-            client.find_interfaces(), timeout, reactor, f"the list of interfaces of {daemon}"
+            client.find_interfaces(), timeout, reactor, f"the list of interfaces of {daemon.name}"
         )
     except RemoteError as e:
-        raise _refused(e, daemon) from None
+        raise ExtcapError(daemon.refused(e)) from None
     except ExtcapError:
         raise
     except Exception as e:
-        raise ExtcapError(f"{daemon} closed the connection ({e})") from None
+        raise ExtcapError(f"{daemon.name} closed the connection ({e})") from None
 
 
 async def lookup_interfaces(reactor: Any, args: argparse.Namespace) -> tuple[InterfaceInfo, ...]:
     """The interfaces of the daemon of C{--remote-host}, asked within L{LOOKUP_TIMEOUT}."""
     client = await connect(reactor, args, LOOKUP_TIMEOUT)
     try:
-        return await find_interfaces(reactor, client, "the daemon", LOOKUP_TIMEOUT)
+        return await find_interfaces(reactor, client, daemon_of(args), LOOKUP_TIMEOUT)
     finally:
         client.close()
 
@@ -874,14 +828,6 @@ async def open_fifo(reactor: Any, path: str, stopping: Deferred[Any]) -> IO[byte
         await task.deferLater(reactor, 0.05, lambda: None)
 
 
-@attrs.frozen
-class Ending:
-    """Why a capture ended: its exit status and, for a failure, the line said on standard error."""
-
-    code: int
-    text: str
-
-
 class Capture:
     """
     One C{--capture}: the fifo, the daemon (connected to, or waited for),
@@ -986,8 +932,8 @@ class Capture:
             self.client = client
             await self.wait(defer.ensureDeferred(login(self.reactor, client, args, daemon, CONNECT_TIMEOUT)))
         else:
-            daemon = f"the daemon at {_address(args.remote_host or '', args.remote_port)}"
-            self.control.log(f"connecting to {daemon}")
+            daemon = daemon_of(args)
+            self.control.log(f"connecting to {daemon.name}")
             client = await self.wait(defer.ensureDeferred(connect(self.reactor, args, CONNECT_TIMEOUT)))
             self.client = client
         interfaces = await self.wait(
@@ -995,7 +941,7 @@ class Capture:
         )
         device = args.remote_interface or (interfaces[0].name if interfaces else "")
         if not device:
-            raise ExtcapError(f"{daemon} lists no interfaces")
+            raise ExtcapError(f"{daemon.name} lists no interfaces")
         settings = CaptureSettings(
             device,
             snaplen=args.snaplen,
@@ -1015,7 +961,9 @@ class Capture:
         early, self.early = self.early, []
         self._write(lambda: self.out.write_packets(self.interface_id, early))  # type: ignore[union-attr,arg-type]
         how = "UDP" if args.udp else "TCP"
-        self.control.log(f"capturing {device} of {daemon} (link type {capture.linktype}, packets over {how})")
+        self.control.log(
+            f"capturing {device} of {daemon.name} (link type {capture.linktype}, packets over {how})"
+        )
         if settings.filter:
             self.control.log(f"filter: {settings.filter}")
         self.control.status(f"rpcap: capturing {device} of {host}")
@@ -1033,7 +981,7 @@ class Capture:
             loop.start(interval, now=False)
             self._loops.append(loop)
 
-    async def _wait_for_daemon(self) -> tuple[RpcapClientProtocol, str]:
+    async def _wait_for_daemon(self) -> tuple[RpcapClientProtocol, Daemon]:
         from twisted.internet import defer
         from twisted.internet.error import CannotListenError
 
@@ -1060,21 +1008,20 @@ class Capture:
         client = await self.wait(arrived)
         self._listening.stopListening()
         self._listening = None
-        daemon = f"the daemon at {client.peer_host}"
-        self.control.log(f"{daemon} connected")
+        daemon = daemon_of(self.args, client.peer_host)
+        self.control.log(f"{daemon.name} connected")
         return client, daemon
 
     async def _start(
         self,
         client: RpcapClientProtocol,
         settings: Any,
-        daemon: str,
+        daemon: Daemon,
         interfaces: Sequence[InterfaceInfo],
     ) -> RemoteCapture:
         from twisted.internet import defer
-        from twisted.internet.error import ConnectError
 
-        from ..protocol.wire import ErrorCode, RemoteError
+        from ..protocol.wire import RemoteError
         from .client import start_capture
 
         starting = defer.ensureDeferred(
@@ -1091,36 +1038,24 @@ class Capture:
             return await self.wait(
                 _within(starting, 2 * CONNECT_TIMEOUT, self.reactor, "the start of the capture")
             )
-        except ValueError as e:  # the filter, compiled here for the interface's link type
-            raise ExtcapError(str(e), EXIT_USAGE) from None
-        except RemoteError as e:
-            if e.code == ErrorCode.OPEN:
-                names = ", ".join(i.name for i in interfaces) or "none"
-                raise ExtcapError(
-                    f"{daemon} cannot open {settings.device}: {e.text} (error {e.code}); its interfaces: {names}"
-                ) from None
-            raise _refused(e, daemon) from None
-        except defer.TimeoutError:
-            raise ExtcapError(
-                f"{daemon} did not open the data connection within {CONNECT_TIMEOUT:g} s: a firewall? (try UDP)"
-            ) from None
-        except ConnectError as e:
-            raise ExtcapError(
-                f"cannot make the data connection to {daemon} ({e}): a firewall? (try UDP)"
-            ) from None
         except (ExtcapError, defer.CancelledError):
             raise
         except Exception as e:
+            why = daemon.not_started(e, settings.device, interfaces, CONNECT_TIMEOUT)
+            if why is not None:
+                raise ExtcapError(why, EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAILED) from None
             if client.errors:
-                raise _refused(RemoteError(client.errors[0].code, client.errors[0].text), daemon) from None
-            raise ExtcapError(f"{daemon} closed the connection before the capture started ({e})") from None
+                error = client.errors[0]
+                raise ExtcapError(daemon.refused(RemoteError(error.code, error.text))) from None
+            raise ExtcapError(
+                f"{daemon.name} closed the connection before the capture started ({e})"
+            ) from None
 
-    def _cut_short(self, daemon: str, what: str) -> Ending:
+    def _cut_short(self, daemon: Daemon, what: str) -> Ending:
         """The daemon ended the capture: with the error it sent, if it sent one."""
         if self.client is not None and self.client.errors:
-            error = self.client.errors[-1]
-            return Ending(EXIT_FAILED, f"{daemon} ended the capture: {error.text} (error {error.code})")
-        return Ending(EXIT_FAILED, f"{daemon} {what}")
+            return Ending(EXIT_FAILED, ended_by(daemon.name, self.client.errors[-1]))
+        return Ending(EXIT_FAILED, f"{daemon.name} {what}")
 
     # --- packets, and the fifo
 
@@ -1173,23 +1108,18 @@ class Capture:
             if loop.running:
                 loop.stop()
         client, capture = self.client, self.capture
-        if client is not None and capture is not None and not client.disconnected.called:
-            try:
-                stats = await _within(
-                    client.stats(), STOP_TIMEOUT, self.reactor, "the daemon's last counters"
-                )
-                self._took_stats(stats)
-                await _within(client.end_capture(), STOP_TIMEOUT, self.reactor, "the end of the capture")
-            except Exception:
-                pass
         if capture is not None:
-            capture.close_data()
-            if capture.data_error is not None:
-                problem = Ending(EXIT_FAILED, f"the data channel could not be read: {capture.data_error}")
-            elif capture.nothing_decoded:
-                problem = Ending(
-                    EXIT_FAILED, "the data channel carried data, but not one packet could be decoded from it"
+            if not capture.client.disconnected.called:
+                stopped = await stop_at_daemon(
+                    capture, lambda d, what: _within(d, STOP_TIMEOUT, self.reactor, what)
                 )
+                if not isinstance(stopped, Exception):
+                    self._took_stats(stopped)
+            else:
+                capture.close_data()
+            trouble = data_channel_trouble(capture)
+            if trouble is not None:
+                problem = Ending(EXIT_FAILED, trouble)
         if self.out is not None:
             try:
                 self.out.close()

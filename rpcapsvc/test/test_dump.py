@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from rpcapsvc import __version__
 from rpcapsvc.collector import dump
+from rpcapsvc.collector.connect import Daemon
 from rpcapsvc.collector.dump import (
     EXIT_DAEMON_ENDED,
     EXIT_VANISHED,
@@ -49,8 +50,8 @@ from rpcapsvc.collector.dump import (
     Run,
     Source,
     UsageError,
+    advice,
     build_parser,
-    explain_tls,
     open_output,
     parse_source,
     password_for,
@@ -660,6 +661,12 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(len(self.files()), 2)
 
 
+def explain_tls(error: Exception) -> str:
+    """What rpcap-dump says of a TLS failure with the daemon of rpcaps://h/eth0."""
+    source = parse_source("rpcaps://h/eth0")
+    return Daemon(advice(source), source.address, source.host, tls=True).tls_failed(error)
+
+
 class ExplainTests(SynchronousTestCase):
     """TLS failures: what happened, and what to do about it."""
 
@@ -668,7 +675,7 @@ class ExplainTests(SynchronousTestCase):
 
         error = TLSError([("SSL routines", "", "certificate verify failed")])
         self.assertEqual(
-            explain_tls(error, "h:2002", "h"),
+            explain_tls(error),
             "the certificate of the daemon at h:2002 is not trusted (certificate verify failed):"
             " give the CA that signed it with --ca PEM",
         )
@@ -676,13 +683,13 @@ class ExplainTests(SynchronousTestCase):
     def test_name_mismatch(self) -> None:
         from service_identity import VerificationError
 
-        self.assertIn("does not name h", explain_tls(VerificationError([]), "h:2002", "h"))
+        self.assertIn("does not name h", explain_tls(VerificationError([])))
 
     def test_not_tls(self) -> None:
         from OpenSSL.SSL import Error as TLSError
 
         error = TLSError([("SSL routines", "", "wrong version number")])
-        self.assertIn("use rpcap:// instead of rpcaps://", explain_tls(error, "h:2002", "h"))
+        self.assertIn("use rpcap:// instead of rpcaps://", explain_tls(error))
 
 
 class DumpClientTests(SynchronousTestCase):

@@ -499,23 +499,77 @@ class InstallTests(SynchronousTestCase):
 
 
 class RefusalTests(SynchronousTestCase):
-    """A daemon's refusals, said in one line that tells what to do."""
+    """A daemon's refusals, said in one line that tells what to do, in the words of the dialog."""
 
-    def refused(self, code: int, text: str = "nope") -> str:
+    def refused(self, code: int, text: str = "nope", *argv: str, peer: Any = None) -> str:
         from ..protocol.wire import RemoteError
 
-        return str(extcap._refused(RemoteError(code, text), "the daemon at h:2002"))
+        args = extcap.parse_args(["--capture", "--remote-host", "h", *argv])
+        return extcap.daemon_of(args, peer).refused(RemoteError(code, text))
 
     def test_login(self) -> None:
         self.assertEqual(
-            self.refused(18, "bad password"),
-            "the daemon at h:2002 refused the login: bad password (error 18); check the username and password",
+            self.refused(18, "bad password", "--remote-username", "alice"),
+            "the daemon at h:2002 refused the login as alice: bad password (error 18);"
+            " check the username and password",
+        )
+
+    def test_no_username(self) -> None:
+        self.assertEqual(
+            self.refused(18, "NULL authentication not permitted"),
+            "the daemon at h:2002 wants a password: NULL authentication not permitted (error 18);"
+            " give a Username (--remote-username) and its Password (--remote-password)",
         )
 
     def test_tls(self) -> None:
-        self.assertIn("tick TLS (--tls)", self.refused(19))
+        self.assertIn("; tick TLS (--tls)", self.refused(19))
+        # rpcap-active has no TLS to tick: the daemon that dialled in chose.
+        self.assertEqual(
+            self.refused(19, "TLS required", peer="192.0.2.5"),
+            "the daemon at 192.0.2.5 refused: TLS required (error 19)",
+        )
 
     def test_other(self) -> None:
         self.assertEqual(
             self.refused(6, "no such device"), "the daemon at h:2002 refused: no such device (error 6)"
+        )
+
+
+class UnreachedTests(SynchronousTestCase):
+    """A daemon not reached, said as rpcap-dump says it, with what to do in the words of the dialog."""
+
+    def daemon(self, *argv: str) -> Any:
+        return extcap.daemon_of(extcap.parse_args(["--capture", "--remote-host", "h", *argv]))
+
+    def test_silent(self) -> None:
+        self.assertEqual(
+            self.daemon().silent(10),
+            "h:2002 accepted the connection but did not answer the login within 10 s:"
+            " is it an RPCAP daemon? (tick TLS (--tls) if it listens with TLS)",
+        )
+        self.assertTrue(self.daemon("--tls").silent(10).endswith("is it an RPCAP daemon?"))
+
+    def test_hung_up(self) -> None:
+        from twisted.internet.error import ConnectionDone
+
+        self.assertEqual(
+            self.daemon().gone(ConnectionDone(), None),
+            "h:2002 closed the connection without answering: if the daemon listens with TLS, tick TLS (--tls)",
+        )
+
+    def test_untrusted_certificate(self) -> None:
+        from OpenSSL.SSL import Error as TLSError
+
+        error = TLSError([("SSL routines", "", "certificate verify failed")])
+        self.assertEqual(
+            self.daemon("--tls").gone(error, None),
+            "the certificate of the daemon at h:2002 is not trusted (certificate verify failed):"
+            " give the CA that signed it as CA certificate (--ca)",
+        )
+
+    def test_timeout(self) -> None:
+        from twisted.internet.defer import TimeoutError
+
+        self.assertEqual(
+            self.daemon().unreachable(TimeoutError(), 5), "cannot connect to h:2002: no answer within 5 s"
         )

@@ -248,6 +248,22 @@ class ExtcapTestCase(SynchronousTestCase):
         self.addCleanup(capture.cleanup)
         return capture
 
+    def passive(self, port: int, traffic: Traffic, *args: str, read: bool = True) -> FifoCapture:
+        """The C{rpcap} interface capturing lo of the daemon on loopback C{port}, C{traffic}'s datagrams only."""
+        return self.fifo_capture(
+            "rpcap",
+            "--remote-host",
+            "127.0.0.1",
+            "--remote-port",
+            str(port),
+            "--remote-interface",
+            "lo",
+            "--extcap-capture-filter",
+            f"udp dst port {traffic.port}",
+            *args,
+            read=read,
+        )
+
     def capture_marked(
         self, capture: FifoCapture, traffic: Traffic, prefix: str, count: int = 8, interface: str = "lo"
     ) -> str:
@@ -347,21 +363,8 @@ class CaptureTests(ExtcapTestCase):
     skip = SKIP
 
     def test_from_our_daemon(self) -> None:
-        port = self.own_daemon()
         traffic = self.traffic()
-        capture = self.fifo_capture(
-            "rpcap",
-            "--remote-host",
-            "127.0.0.1",
-            "--remote-port",
-            str(port),
-            "--remote-interface",
-            "lo",
-            "--extcap-capture-filter",
-            f"udp dst port {traffic.port}",
-            "--snaplen",
-            "0",
-        )
+        capture = self.passive(self.own_daemon(), traffic, "--snaplen", "0")
         path = self.capture_marked(capture, traffic, "own")
         # The daemon's last counters, as dumpcap writes them (an Interface Statistics Block).
         out = subprocess.run(["capinfos", path], capture_output=True, text=True, timeout=30)
@@ -375,20 +378,7 @@ class CaptureTests(ExtcapTestCase):
         daemon = Daemon("--listen", listen, "--null-auth", wait_port=port)
         self.addCleanup(daemon.stop)
         traffic = self.traffic()
-        capture = self.fifo_capture(
-            "rpcap",
-            "--remote-host",
-            "127.0.0.1",
-            "--remote-port",
-            str(port),
-            "--tls",
-            "--ca",
-            ca,
-            "--remote-interface",
-            "lo",
-            "--extcap-capture-filter",
-            f"udp dst port {traffic.port}",
-        )
+        capture = self.passive(port, traffic, "--tls", "--ca", ca)
         path = self.capture_marked(capture, traffic, "tls")
         [[description]] = {tuple(row) for row in tshark_fields(path, "frame.interface_description")}
         self.assertEqual(description, f"rpcaps://127.0.0.1:{port}/lo")
@@ -422,18 +412,7 @@ class CaptureTests(ExtcapTestCase):
         self.addCleanup(fork.stop)
         fork.wait_listening(port)
         traffic = self.traffic()
-        capture = self.fifo_capture(
-            "rpcap",
-            "--remote-host",
-            "127.0.0.1",
-            "--remote-port",
-            str(port),
-            "--remote-interface",
-            "lo",
-            "--extcap-capture-filter",
-            f"udp dst port {traffic.port}",
-        )
-        self.capture_marked(capture, traffic, "fork")
+        self.capture_marked(self.passive(port, traffic), traffic, "fork")
 
     test_from_the_extrahop_fork.skip = SKIP_FORK  # type: ignore[attr-defined]
 
@@ -477,21 +456,6 @@ class CaptureTests(ExtcapTestCase):
 
 class EndingTests(ExtcapTestCase):
     skip = SKIP
-
-    def passive(self, port: int, traffic: Traffic, *args: str, read: bool = True) -> FifoCapture:
-        return self.fifo_capture(
-            "rpcap",
-            "--remote-host",
-            "127.0.0.1",
-            "--remote-port",
-            str(port),
-            "--remote-interface",
-            "lo",
-            "--extcap-capture-filter",
-            f"udp dst port {traffic.port}",
-            *args,
-            read=read,
-        )
 
     def test_wireshark_closes_the_fifo(self) -> None:
         """Wireshark stops reading: no packet needs to come to find the reader gone; exit 0, nothing said."""
