@@ -356,17 +356,16 @@ class _PasswordChecker:
         raise NotImplementedError
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Union[bytes, tuple[()]]]:
+        # Refusals are not logged here: the session says them, once, with its id and peer.
         parts = _credentials(credentials)
         if parts is None:
-            self.log.info("Password login refused: unusable user name or password")
-            return defer.fail(UnauthorizedLogin())
+            return defer.fail(UnauthorizedLogin("unusable user name or password"))
         raw, name, password = parts
         d = self._run(lambda: self._check(name, password))
 
         def checked(why: Optional[str]) -> Union[bytes, tuple[()]]:
             if why is not None:
-                self.log.info("Password login for {user} refused: {why}", user=name, why=why)
-                raise UnauthorizedLogin()
+                raise UnauthorizedLogin(f"user {name}: {why}")
             return raw
 
         def failed(failure: Failure) -> Failure:
@@ -387,7 +386,7 @@ class _PasswordChecker:
                 )
             else:
                 self.log.failure("Could not check the password of {user}", failure, user=name)
-            return Failure(UnauthorizedLogin())
+            return Failure(UnauthorizedLogin(f"user {name}: the password could not be checked"))
 
         result: Deferred[Union[bytes, tuple[()]]] = d.addCallback(checked)
         result.addErrback(failed)

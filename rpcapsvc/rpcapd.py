@@ -41,6 +41,8 @@ FORK_SNDBUF = 8 * 1024 * 1024
 """The fork's C{-u} default: the UDP data socket's send buffer."""
 
 _OPTSTRING = "b:p:46l:na:vds:f:i:t:u:z:SLhc:e:m:k:gyD"
+_LONG_OPTIONS = ["metrics="]
+"""Ours, not the fork's (which has no long options): C{--metrics=ENDPOINT} or C{--metrics ENDPOINT}."""
 _HOSTLIST_SEPARATORS = " ,;\n\r"
 """The fork's C{RPCAP_HOSTLIST_SEP}: what separates hosts and ports in C{-a} and C{-l}."""
 _IGNORED = {
@@ -57,7 +59,7 @@ _IGNORED = {
 USAGE = """\
 Usage: rpcapd [-b ADDRESS] [-p PORT] [-4|-6] [-l HOSTS] [-a HOST[,PORT]]...
               [-n] [-v] [-d] [-L] [-s FILE] [-f FILE] [-i IFACE]
-              [-t MTU] [-u SNDBUF] [-z BUFSIZE] [-S] [-h]
+              [-t MTU] [-u SNDBUF] [-z BUFSIZE] [-S] [-h] [--metrics=ENDPOINT]
 
 An RPCAP remote capture daemon with ExtraHop's rpcapd command line.
 
@@ -83,6 +85,10 @@ An RPCAP remote capture daemon with ExtraHop's rpcapd command line.
   -z BUFSIZE  kernel capture buffer in bytes; default 16 MiB
   -S          log the counters each time a client asks for them
   -h          print this help
+  --metrics=ENDPOINT
+              serve Prometheus metrics at /metrics on ENDPOINT, such as
+              127.0.0.1:9102 or tcp:9102:interface=127.0.0.1 (ours, not the
+              fork's; off by default)
 
 Accepted and ignored (they tune the fork's threads): -c -e -m -k -g -y, and -D.
 Everything else (TLS, inetd-style sockets, password files, limits):
@@ -199,7 +205,7 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
     if is_root is None:
         is_root = os.geteuid() == 0
     try:
-        opts, rest = getopt.getopt(argv, _OPTSTRING)
+        opts, rest = getopt.getopt(argv, _OPTSTRING, _LONG_OPTIONS)
     except getopt.GetoptError as e:
         raise CommandLineError(f"{e} (rpcapd -h lists the switches)") from None
     if rest:
@@ -268,6 +274,8 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
             bufsize = size
         elif flag == "-S":
             args.append("--log-stats")
+        elif flag == "--metrics":
+            args += ["--metrics", value]
         else:
             inv.notices.append(f"{flag}{' ' + value if value else ''} ignored ({_IGNORED[flag]})")
 

@@ -35,9 +35,12 @@ from twisted.python.threadpool import ThreadPool
 from .capture.blocking import CAPTURE_THREADS, capture_thread_pool, pool_runner
 from .capture.system import ICaptureSystem, PcapySystem
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
+from .metrics import MetricsListener, new_registry
 from .server.active import ReconnectPolicy, collector_service
 from .server.control import RpcapServerFactory
+from .server.counters import ServiceCounters
 from .server.datachannel import DataChannels
+from .server.metrics import DaemonMetrics
 from .server.session import ForwardedTraffic, Network, SessionPolicy
 from .usage import cannot_start, listen_failure_hint
 
@@ -85,6 +88,7 @@ class RpcapdService(MultiService):
         reload_on_sighup: bool = False,
         config: Optional[DaemonConfig] = None,
         capture_threads: int = CAPTURE_THREADS,
+        metrics: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -111,6 +115,16 @@ class RpcapdService(MultiService):
         self._static_null_auth = self.policy.null_auth
         self._old_sighup: Any = None
         self.collectors: dict[ActiveTarget, ClientService] = {}
+        self.collector_factories: dict[ActiveTarget, RpcapServerFactory] = {}
+        """The factory serving each collector's sessions (its C{reconnect} policy counts redials)."""
+        self.counters = ServiceCounters()
+        """What ended captures forwarded and lost, and failed logins: totals that outlive sessions."""
+        self.metrics_registry = new_registry()
+        """
+        The service's own Prometheus registry (L{rpcapsvc.server.metrics}), read
+        at each scrape; served at C{/metrics} on the endpoint C{metrics} when given.
+        """
+        self.metrics_registry.register(DaemonMetrics(self))
         self.sessions: set[Any] = set()
         """Every session, passive and active: the session limit counts them all."""
         self.forwarded = ForwardedTraffic()
@@ -122,6 +136,7 @@ class RpcapdService(MultiService):
             self.data_channels,
             sessions=self.sessions,
             forwarded=self.forwarded,
+            counters=self.counters,
         )
         self.listeners: list[StreamServerEndpointService] = []
         self._listen = tuple(listen)
@@ -131,6 +146,10 @@ class RpcapdService(MultiService):
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        self.metrics_listener: Optional[MetricsListener] = None
+        if metrics:
+            self.metrics_listener = MetricsListener(reactor, metrics, self.metrics_registry, "twistd rpcapd")
+            self.metrics_listener.setServiceParent(self)
         self._pending_config = config
         if config is not None or not config_path:
             # Given (already read, as twistd rpcapd does) or none at all:
@@ -159,6 +178,7 @@ class RpcapdService(MultiService):
             if target not in wanted:
                 self.log.info("Collector {target} removed", target=target.describe())
                 self.collectors.pop(target).disownServiceParent()
+                self.collector_factories.pop(target, None)
         for target in wanted:
             if target in self.collectors:
                 continue
@@ -173,12 +193,14 @@ class RpcapdService(MultiService):
                 sessions=self.sessions,
                 forwarded=self.forwarded,
                 reconnect=ReconnectPolicy(target.describe()),
+                counters=self.counters,
             )
             service = collector_service(
                 self.reactor, target.endpoint, factory, target.describe(), factory.reconnect
             )
             service.setServiceParent(self)
             self.collectors[target] = service
+            self.collector_factories[target] = factory
 
     def reload(self) -> None:
         """
@@ -202,7 +224,7 @@ class RpcapdService(MultiService):
             self.log.error("Configuration not reloaded: {why}", why=str(e))
             return
         self.log.info(
-            "Reloaded {path}: {n} collector(s), {m} allowed client(s), null auth {null}",
+            "Reloaded {path}: collectors={n} allowed_clients={m} null_auth={null}",
             path=self.config_path,
             n=len(self.collectors),
             m=len(self.policy.allowed_clients),

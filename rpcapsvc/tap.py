@@ -138,6 +138,7 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
         self["listen"] = []
         self["active"] = []
         self["allow"] = []
+        self["metrics"] = None
         self.config: DaemonConfig = DaemonConfig()
 
     def opt_listen(self, description: str) -> None:
@@ -154,6 +155,18 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--listen {e}") from None
 
     opt_l = opt_listen
+
+    def opt_metrics(self, description: str) -> None:
+        """
+        Serve Prometheus metrics at /metrics on this endpoint (off by default),
+        e.g. tcp:9102:interface=127.0.0.1; PORT and ADDRESS:PORT as for --listen.
+        """
+        from twisted.internet import reactor
+
+        try:
+            self["metrics"] = server_endpoint_string(reactor, description)
+        except ValueError as e:
+            raise usage.UsageError(f"--metrics {e}") from None
 
     def opt_active(self, target: str) -> None:
         """
@@ -299,4 +312,5 @@ def makeService(options: Options) -> RpcapdService:
             tcp_udpstr=bool(options["udpstr-tcp"]),
         ),
         reload_on_sighup=True,
+        metrics=options["metrics"],
     )

@@ -246,13 +246,17 @@ class RecordingSink:
     batches: list[PacketBatch] = attrs.field(factory=list)
     sent: int = 0
     dropped: int = 0
+    bytes_sent: int = 0
+    """The captured bytes of the batches (a real channel counts its framing too)."""
     closed: bool = False
     producer: Optional[IPushProducer] = None
     on_lost: object = None
+    log_tag: str = ""
 
     def write_batch(self, batch: PacketBatch) -> None:
         self.batches.append(batch)
         self.sent += len(batch)
+        self.bytes_sent += len(batch.data)
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.producer = producer

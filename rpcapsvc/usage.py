@@ -53,8 +53,8 @@ def cannot_start(command: str, message: str) -> SystemExit:
     return SystemExit(START_FAILURE_EXIT)
 
 
-def listen_failure_hint(error: BaseException) -> str:
-    """A L{CannotListenError} as a sentence with what to do."""
+def listen_failure_hint(error: BaseException, option: str = "--listen") -> str:
+    """A L{CannotListenError} as a sentence with what to do (choose another port with C{option})."""
     from twisted.internet.error import CannotListenError
 
     if isinstance(error, CannotListenError):
@@ -63,7 +63,7 @@ def listen_failure_hint(error: BaseException) -> str:
         hint = ""
         errno_ = getattr(error.socketError, "errno", None)
         if errno_ == 98:
-            hint = "; is another daemon running there? choose another port with --listen"
+            hint = f"; is another daemon running there? choose another port with {option}"
         elif errno_ == 13:
             hint = "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
         elif errno_ == 99:

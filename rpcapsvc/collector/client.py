@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from ..capture.compiler import compile_filter
 from ..connections import SingleProtocolFactory, tls_settings_of
+from ..logtext import escaped, host_port
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
@@ -73,14 +74,19 @@ class RpcapClientProtocol(protocol.Protocol):
         self.when_connected: defer.Deferred[RpcapClientProtocol] = defer.Deferred()
         self.disconnected: defer.Deferred[None] = defer.Deferred()
         self.peer_host = ""
+        self.peer_port = 0
         self.local_host = ""
+        self.log_tag = ""
+        """Who this connection is with, for its log lines: C{daemon=HOST:PORT} (a collector adds C{interface=})."""
         self.errors: list[ErrorReply] = []
         """Errors the daemon sent that answered no request (a capture that failed)."""
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.peer_host = str(getattr(self.transport.getPeer(), "host", ""))
+        self.peer_port = int(getattr(self.transport.getPeer(), "port", 0) or 0)
         self.local_host = str(getattr(self.transport.getHost(), "host", ""))
+        self.log_tag = f"daemon={host_port(self.peer_host, self.peer_port)}"
         self.when_connected.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -91,11 +97,18 @@ class RpcapClientProtocol(protocol.Protocol):
 
     def _answer(self, r: Received) -> None:
         if isinstance(r.message, ErrorReply) and (not self._waiting):
-            self.log.warn("Daemon reported error {code}: {text}", code=r.message.code, text=r.message.text)
+            self.log.warn(
+                "{tag} daemon reported error {code}: {text}",
+                tag=self.log_tag,
+                code=r.message.code,
+                text=escaped(r.message.text),
+            )
             self.errors.append(r.message)
             return
         if not self._waiting:
-            self.log.warn("Unexpected message of type {type} from the daemon", type=r.header.type)
+            self.log.warn(
+                "{tag} unexpected message from the daemon: type={type}", tag=self.log_tag, type=r.header.type
+            )
             return
         expected, d = self._waiting.popleft()
         if r.error is not None:
@@ -231,9 +244,8 @@ class TcpPacketReceiver(protocol.Protocol):
         self.bytes_received += len(data)
         self._deliver(self.parser.feed(data))
         if self.parser.error is not None and self.error is None:
+            # Not logged here: its owner says so, once, with who it is (C{RemoteCapture.data_error}).
             self.error = self.parser.error
-            peer = getattr(self.transport.getPeer(), "host", "?")  # type: ignore[union-attr]
-            self.log.warn("Data channel from {peer} is unreadable: {error}", peer=peer, error=self.error)
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _deliver(self, packets: list[CapturedPacket]) -> None:

@@ -475,6 +475,8 @@ class RotatingCaptureFiles:
         self._mine: list[str] = []
         self._sequence = 0
         self._closed = False
+        self.files_opened = 0
+        """Files this writer has started (the rotations and the first), deleted ones included."""
         self._writer, self._opened_at = self._open_next()
 
     @property
@@ -552,7 +554,7 @@ class RotatingCaptureFiles:
         old.close()
         self._history.open.discard(self._mine[-1])
         log.info(
-            "Capture file {path} done: {packets} packets, {size} bytes",
+            "Capture file {path} done: packets={packets} bytes={size}",
             path=self._mine[-1],
             packets=old.packets_written,
             size=old.bytes_written,
@@ -585,6 +587,7 @@ class RotatingCaptureFiles:
                 continue
             break
         self._mine.append(path)
+        self.files_opened += 1
         self._history.paths.append(path)
         self._history.open.add(path)
         return CaptureFileWriter(stream, self._format, clock=self._clock), now
@@ -603,7 +606,7 @@ class RotatingCaptureFiles:
                 os.remove(oldest)
             except FileNotFoundError:
                 pass
-            log.info("Deleted capture file {path}, keeping {count}", path=oldest, count=self._max_files)
+            log.info("Deleted capture file {path}: max_files={count}", path=oldest, count=self._max_files)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -27,11 +27,14 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from ..logtext import escaped, host_port
+from ..metrics import MetricsListener, new_registry
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
 from ..usage import cannot_start, listen_failure_hint
 from .client import CaptureSettings, RemoteCapture, RpcapClientFactory, RpcapClientProtocol, start_capture
 from .files import FileHistory, RotatingCaptureFiles
+from .metrics import MAX_SERIES, CollectorMetrics, SeriesKey, SeriesTable, series_key
 
 DEFAULT_LISTEN = "tcp:2003"
 STOP_GRACE = 2.0
@@ -83,18 +86,26 @@ class DaemonSession:
         self.collector = collector
         self.client = client
         self.host = _unmapped(client.peer_host)
+        self.daemon = host_port(self.host, client.peer_port)
+        """The daemon's C{host:port}, for the log."""
+        self.interface: Optional[str] = None
+        """The interface captured on, once chosen."""
         self.capture: Optional[RemoteCapture] = None
         self.files: Optional[RotatingCaptureFiles] = None
         self.prefix: Optional[str] = None
         self.interface_id = 0
         self.packets = 0
         self.drops = 0
+        self.written = 0
+        """Packets written to the files (metrics)."""
+        self.series_key: Optional[SeriesKey] = None
+        """The metrics series this session counts in, once its capture is being written."""
         self._ticker: Optional[task.LoopingCall] = None
         self._hold: Optional[IDelayedCall] = None
 
     async def run(self) -> None:
         settings = self.collector.settings
-        self.log.info("Daemon {host} connected", host=self.host)
+        self.log.info("{tag} connected", tag=self._tag())
         try:
             await self.client.authenticate(settings.username, settings.password)
             interfaces = await self.client.find_interfaces()
@@ -103,6 +114,8 @@ class DaemonSession:
                 if not interfaces:
                     raise ValueError("the daemon lists no interfaces")
                 wanted = interfaces[0].name
+            self.interface = wanted
+            self.client.log_tag = self._tag()
             capture_settings = CaptureSettings(
                 wanted, snaplen=settings.snaplen, filter=settings.filter, udp=settings.udp
             )
@@ -127,9 +140,9 @@ class DaemonSession:
             )
         except Exception as e:
             self.log.warn(
-                "Daemon {host}: capture not started: {why}; trying again in {hold:g} s",
-                host=self.host,
-                why=str(e) or repr(e),
+                "{tag} capture not started: {why}; trying again in {hold:g} s",
+                tag=self._tag(),
+                why=escaped(str(e) or repr(e)),
                 hold=settings.refused_hold,
             )
             if self.capture is not None:
@@ -141,11 +154,12 @@ class DaemonSession:
             self.client.disconnected.addCallback(lambda _: self.finish())
             return
         self.log.info(
-            "Daemon {host}: capturing {iface} into {dir}",
-            host=self.host,
-            iface=wanted,
-            dir=settings.directory,
+            "{tag} capturing into {files}",
+            tag=self._tag(),
+            files=os.path.join(settings.directory, f"{prefix}_*.{settings.format}"),
         )
+        self.series_key = series_key(self.host, wanted)
+        self.collector.series.session_started(self.series_key)
         self._ticker = task.LoopingCall(lambda: defer.ensureDeferred(self.report()))
         self._ticker.clock = self.collector.reactor
         self._ticker.start(settings.stats_interval, now=False)
@@ -157,9 +171,9 @@ class DaemonSession:
         if self.files is not None:  # not our own doing: hang up, and the daemon reconnects
             why = self.capture.data_error if self.capture is not None else None
             self.log.warn(
-                "Daemon {host}: data connection {what}; ending the session",
-                host=self.host,
-                what=f"unreadable ({why})" if why else "lost",
+                "{tag} data connection {what}; ending the session",
+                tag=self._tag(),
+                what=f"unreadable ({escaped(why)})" if why else "lost",
             )
             self.client.close()
 
@@ -168,8 +182,9 @@ class DaemonSession:
         if self.files is not None:
             try:
                 self.files.write_packets(self.interface_id, packets)
+                self.written += len(packets)
             except OSError as e:
-                self.log.error("Daemon {host}: cannot write: {why}; capture ended", host=self.host, why=e)
+                self.log.error("{tag} cannot write: {why}; capture ended", tag=self._tag(), why=e)
                 self.client.close()
 
     async def report(self) -> None:
@@ -186,14 +201,34 @@ class DaemonSession:
             self.files.set_stats(self.interface_id, stats.ifrecv, stats.krnldrop, stats.ifdrop)
         loss = self.capture.loss
         self.log.info(
-            "Daemon {host}: {packets} packets, {drops} dropped by its kernel, {lost} lost in transit "
-            "({datagrams} datagrams)",
-            host=self.host,
+            "{tag} stats: file_prefix={prefix} packets={packets} kernel_dropped={drops} "
+            "lost_in_transit={lost} lost_datagrams={datagrams}",
+            tag=self._tag(),
+            prefix=self.prefix,
             packets=self.packets,
             drops=self.drops,
             lost=loss.lost_packets,
             datagrams=loss.lost_datagrams,
         )
+
+    @property
+    def lost_packets(self) -> int:
+        """Packets lost in transit (UDP, udpstr) and those the daemon last reported dropping."""
+        return (self.capture.loss.lost_packets if self.capture is not None else 0) + self.drops
+
+    def _account(self) -> None:
+        """The session ends: what it wrote and lost goes into the collector's totals (metrics)."""
+        if self.series_key is not None:
+            self.collector.series.session_ended(self.series_key, self.written, self.lost_packets)
+            self.series_key = None
+        if self.files is not None:
+            self.collector.files_ended += self.files.files_opened
+
+    def _tag(self) -> str:
+        """What every log line of the session starts with: C{daemon=HOST:PORT interface=NAME}."""
+        if self.interface is None:
+            return f"daemon={self.daemon}"
+        return f"daemon={self.daemon} interface={escaped(self.interface)}"
 
     def finish(self) -> None:
         if self._hold is not None and self._hold.active():
@@ -203,11 +238,12 @@ class DaemonSession:
             self._ticker.stop()
         if self.capture is not None:
             self.capture.close_data()
+        self._account()
         if self.files is not None:
             self.files.close()
             self.log.info(
-                "Daemon {host} gone: {packets} packets written to {n} file(s)",
-                host=self.host,
+                "{tag} gone: packets={packets} files={n}",
+                tag=self._tag(),
                 packets=self.packets,
                 n=len(self.files.files),
             )
@@ -242,6 +278,8 @@ class CollectorService(MultiService):
         settings: CollectorSettings,
         listen: Sequence[str] = (DEFAULT_LISTEN,),
         reload_on_sighup: bool = False,
+        metrics: Optional[str] = None,
+        max_metric_series: int = MAX_SERIES,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -252,11 +290,22 @@ class CollectorService(MultiService):
         self._histories: dict[str, FileHistory] = {}
         self.prefixes: set[str] = set()
         """File-name prefixes of the sessions writing now."""
+        self.series = SeriesTable(max_metric_series)
+        """Packets written and lost by ended sessions, per daemon and interface (metrics)."""
+        self.files_ended = 0
+        """Capture files started by sessions that have ended (metrics)."""
+        self.metrics_registry = new_registry()
+        """The collector's own Prometheus registry, served at C{/metrics} on C{metrics} when given."""
+        self.metrics_registry.register(CollectorMetrics(self))
         factory = RpcapClientFactory(self._daemon_connected)
         for description in listen:
             listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
+        if metrics:
+            MetricsListener(reactor, metrics, self.metrics_registry, "twistd rpcapcollect").setServiceParent(
+                self
+            )
 
     def claim_prefix(self, base: str) -> str:
         """
@@ -303,7 +352,7 @@ class CollectorService(MultiService):
         for session in writing:
             assert session.files is not None
             session.files.rotate()
-        self.log.info("SIGHUP: {n} capture file(s) closed and new ones opened", n=len(writing))
+        self.log.info("SIGHUP: capture files closed and new ones opened: files={n}", n=len(writing))
 
     def stopService(self) -> Any:
         if self._old_sighup is not None:

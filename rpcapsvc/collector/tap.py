@@ -64,6 +64,7 @@ class Options(OneLineErrors):
         super().__init__()
         self["listen"] = []
         self["host-interface"] = {}
+        self["metrics"] = None
 
     def opt_listen(self, description: str) -> None:
         """
@@ -76,6 +77,18 @@ class Options(OneLineErrors):
             self["listen"].append(server_endpoint_string(reactor, description))
         except ValueError as e:
             raise usage.UsageError(f"--listen {e}") from None
+
+    def opt_metrics(self, description: str) -> None:
+        """
+        Serve Prometheus metrics at /metrics on this endpoint (off by default),
+        e.g. tcp:9103:interface=127.0.0.1; PORT and ADDRESS:PORT as for --listen.
+        """
+        from twisted.internet import reactor
+
+        try:
+            self["metrics"] = server_endpoint_string(reactor, description)
+        except ValueError as e:
+            raise usage.UsageError(f"--metrics {e}") from None
 
     def opt_host_interface(self, mapping: str) -> None:
         """HOST=IFACE: capture IFACE on the daemon connecting from HOST (repeatable)."""
@@ -125,4 +138,6 @@ def makeService(options: Options) -> CollectorService:
         stats_interval=options["stats-interval"],
         refused_hold=options["retry-refused"],
     )
-    return CollectorService(reactor_, settings, options["listen"], reload_on_sighup=True)
+    return CollectorService(
+        reactor_, settings, options["listen"], reload_on_sighup=True, metrics=options["metrics"]
+    )

@@ -11,12 +11,12 @@ import random
 from typing import Any, Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from ..config import DEFAULT_ACTIVE_PORT
 
@@ -64,27 +64,36 @@ def _port(text: str, spec: str) -> int:
 
 @implementer(IStreamClientEndpoint)
 class _LoggingEndpoint:
-    """Says which collector it is connecting to, and why a connection failed."""
+    """
+    Says which collector it is connecting to, and why a connection failed:
+    with a C{policy}, that is left to it, to say on one line with the delay
+    before the next attempt.  A connection made is said by its session
+    (C{session=N peer=HOST:PORT connected to collector ...}).
+    """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, name: str) -> None:
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, name: str, policy: Optional[ReconnectPolicy] = None
+    ) -> None:
         self._endpoint = endpoint
         self._name = name
+        self._policy = policy
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         log.info("Connecting to collector {target}", target=self._name)
 
         def failed(f: Failure) -> Failure:
-            log.warn(
-                "Cannot connect to collector {target}: {why}", target=self._name, why=f.getErrorMessage()
-            )
+            if f.check(CancelledError):
+                return f  # the service is stopping: no retry to announce
+            if self._policy is not None:
+                self._policy.connect_failed(f.getErrorMessage())
+            else:
+                log.warn(
+                    "Cannot connect to collector {target}: {why}", target=self._name, why=f.getErrorMessage()
+                )
             return f
 
-        def connected(p: IProtocol) -> IProtocol:
-            log.info("Connected to collector {target}", target=self._name)
-            return p
-
         d = self._endpoint.connect(factory)
-        d.addCallbacks(connected, failed)
+        d.addErrback(failed)
         return d
 
     def __repr__(self) -> str:
@@ -113,7 +122,14 @@ class ReconnectPolicy:
         self._backoff = backoffPolicy(FIRST_RETRY, MAX_RETRY, BACKOFF_FACTOR, jitter)
         self.failures = 0
         """Connections and sessions in a row that forwarded nothing."""
+        self.reconnects = 0
+        """Times the collector was dialled again: after a failed attempt or an ended session (metrics)."""
         self._immediate = False
+        self._connect_error: Optional[str] = None
+
+    def connect_failed(self, why: str) -> None:
+        """The last attempt did not connect, for C{why}: said with the delay when it is asked for."""
+        self._connect_error = why.rstrip(".")  # Twisted's end in a full stop; the delay follows
 
     def session_ended(self, packets_forwarded: int) -> None:
         """A session with this collector ended, having forwarded C{packets_forwarded} packets."""
@@ -122,19 +138,43 @@ class ReconnectPolicy:
             self._immediate = True
 
     def __call__(self, attempt: int) -> float:
+        self.reconnects += 1
+        why, self._connect_error = self._connect_error, None
         if self._immediate:
             self._immediate = False
             log.info("Collector {target} ended a working session; reconnecting now", target=self.name)
             return 0.0
         self.failures += 1
         delay: float = self._backoff(self.failures)
-        log.info(
-            "Retrying collector {target} in {delay:.1f} s ({failures} attempt(s) without a capture)",
-            target=self.name,
-            delay=delay,
-            failures=self.failures,
-        )
+        if why is not None:
+            log.warn(
+                "Cannot connect to collector {target}: {why}; retrying in {delay:.1f} s (failures={failures})",
+                target=self.name,
+                why=why,
+                delay=delay,
+                failures=self.failures,
+            )
+        else:
+            log.info(
+                "Collector {target}: session ended without a capture; retrying in {delay:.1f} s "
+                "(failures={failures})",
+                target=self.name,
+                delay=delay,
+                failures=self.failures,
+            )
         return delay
+
+
+@provider(ILogObserver)
+def _warnings_only(event: dict[str, object]) -> None:
+    """ClientService's own log but for its retry lines: L{ReconnectPolicy} says each retry, once."""
+    level = event.get("log_level")
+    if isinstance(level, LogLevel) and level >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+class _CollectorService(ClientService):
+    _log = Logger(observer=_warnings_only)
 
 
 def collector_service(
@@ -149,5 +189,6 @@ def collector_service(
     reconnecting as C{policy} says (the factory's sessions report to it).
     """
     name = name or spec
-    endpoint = _LoggingEndpoint(parse_active_target(reactor, spec), name)
-    return ClientService(endpoint, factory, retryPolicy=policy or ReconnectPolicy(name), clock=reactor)
+    policy = policy or ReconnectPolicy(name)
+    endpoint = _LoggingEndpoint(parse_active_target(reactor, spec), name, policy)
+    return _CollectorService(endpoint, factory, retryPolicy=policy, clock=reactor)

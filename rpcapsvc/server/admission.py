@@ -137,18 +137,16 @@ class Admission:
         pool = list(oldest_first)
         for victim in pool[: max(len(pool) - keep, 0)]:
             assert victim.session is not None
-            self.log.info(
-                "Too many connections waiting to log in ({where}): closing the one from {peer} that waited longest",
-                where=where,
-                peer=victim.peer_host or "local client",
-            )
+            # The session's own "closed" line says so, with its id and peer.
             victim.send_message(
                 ErrorReply(
                     ErrorCode.INITTIMEOUT,
                     "not logged in, and too many connections are waiting to log in: closed to make room",
                 )
             )
-            victim.session.close("not logged in; made room for a newer connection")
+            victim.session.close(
+                f"not logged in; made room for a newer connection (too many waiting to log in, {where})"
+            )
 
     def admit_login(self, session: ServerSession) -> bool:
         """
@@ -162,18 +160,14 @@ class Admission:
         if victim is None or victim.session is None:
             return False
         idle = victim.session.idle_for() or 0.0
-        self.log.info(
-            "Sessions full: closing the session of {peer}, idle for {idle:.1f} s, for a new login",
-            peer=victim.peer_host or "local client",
-            idle=idle,
-        )
+        # The session's own "closed" line says so, with its id and peer.
         victim.send_message(
             ErrorReply(
                 ErrorCode.RUNTIMETIMEOUT,
                 f"idle for {idle:.0f} s while the daemon is full: closed to make room for another client",
             )
         )
-        victim.session.close("idle; made room for a new login")
+        victim.session.close(f"idle for {idle:.1f} s; made room for a new login (sessions full)")
         return True
 
 

@@ -17,10 +17,12 @@ from zope.interface import implementer
 
 from ..capture.system import ICaptureSystem
 from ..connections import TlsSettings, tls_settings_of
+from ..logtext import host_port
 from ..protocol.framing import ControlStreamParser
 from ..protocol.wire import ErrorCode, ErrorReply, Message
 from .active import ReconnectPolicy
 from .admission import Admission, ticket
+from .counters import ServiceCounters
 from .datachannel import DataChannels, IDataChannels
 from .session import ForwardedTraffic, IControlChannel, ServerSession, SessionPolicy, client_allowed
 
@@ -40,7 +42,10 @@ class RpcapServerProtocol(protocol.Protocol):
     log = Logger()
     session: Optional[ServerSession] = None
     ticket = 0
-    """Larger for every newer connection (admission closes the oldest waiting one first)."""
+    """
+    Larger for every newer connection (admission closes the oldest waiting
+    one first); it is the session's id in the log (C{session=N}).
+    """
 
     def __init__(self, factory: RpcapServerFactory) -> None:
         self.factory = factory
@@ -59,9 +64,12 @@ class RpcapServerProtocol(protocol.Protocol):
         self.tls = tls_settings_of(self.transport)
         self.local_port = int(getattr(self.transport.getHost(), "port", 0) or 0)
         self.peer_port = int(getattr(self.transport.getPeer(), "port", 0) or 0)
+        self.ticket = ticket()
         if not self.active and not client_allowed(self.factory.policy, self.peer_host):
             self.log.warn(
-                "Refused control connection from {peer}: not an allowed client", peer=self.peer_host
+                "session={session} peer={peer} control connection refused: not an allowed client",
+                session=self.ticket,
+                peer=self.peer,
             )
             self.send_message(
                 ErrorReply(ErrorCode.HOSTNOAUTH, f"host {self.peer_host} is not allowed to connect")
@@ -71,27 +79,38 @@ class RpcapServerProtocol(protocol.Protocol):
         refusal = self.factory.admission.admit(self)
         if refusal is not None:
             self.log.warn(
-                "Refused control connection {peer}: {n} sessions logged in already, none idle",
-                peer=self.peer_host,
+                "session={session} peer={peer} control connection refused: sessions full, none idle (logged_in={n})",
+                session=self.ticket,
+                peer=self.peer,
                 n=len(self.factory.admission.logged_in()),
             )
             self.send_message(ErrorReply(ErrorCode.NETWORK, refusal))
             self.close()
             return
-        self.ticket = ticket()
         self.factory.sessions.add(self)
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self.log.info(
-            "Control connection {direction} {peer}",
-            direction="to collector" if self.active else "from",
-            peer=self.peer_host or "local client",
-        )
+        if self.active:
+            reconnect = self.factory.reconnect
+            self.log.info(
+                "session={session} peer={peer} connected to collector {target}",
+                session=self.ticket,
+                peer=self.peer,
+                target=reconnect.name if reconnect is not None else self.peer,
+            )
+        else:
+            self.log.info(
+                "session={session} peer={peer} client connected", session=self.ticket, peer=self.peer
+            )
         try:
             interface = self.factory.preselected_interface()
         except Exception:
             # Never let a fault here escape: in active mode it would stop
             # ClientService from ever reconnecting to this collector.
-            self.log.failure("Cannot choose the preselected interface; closing")
+            self.log.failure(
+                "session={session} peer={peer} cannot choose the preselected interface; closing",
+                session=self.ticket,
+                peer=self.peer,
+            )
             self.factory.sessions.discard(self)
             self.close()
             return
@@ -103,8 +122,15 @@ class RpcapServerProtocol(protocol.Protocol):
             self.factory.reactor,
             interface=interface,
             forwarded=self.factory.forwarded,
+            counters=self.factory.counters,
             login_gate=self.factory.admission.admit_login,
+            session_id=self.ticket,
         )
+
+    @property
+    def peer(self) -> str:
+        """The peer's C{host:port}, for the log."""
+        return host_port(self.peer_host, self.peer_port)
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is not None:
@@ -172,6 +198,7 @@ class RpcapServerFactory(protocol.Factory):
 
     protocol = RpcapServerProtocol  # type: ignore[assignment]
     log = Logger()
+    noisy = False  # no "Starting factory <...>" per connection; the service says where it listens
 
     def __init__(
         self,
@@ -185,6 +212,7 @@ class RpcapServerFactory(protocol.Factory):
         sessions: Optional[set[RpcapServerProtocol]] = None,
         forwarded: Optional[ForwardedTraffic] = None,
         reconnect: Optional[ReconnectPolicy] = None,
+        counters: Optional[ServiceCounters] = None,
     ) -> None:
         self.reactor = reactor
         self.reconnect = reconnect
@@ -200,6 +228,8 @@ class RpcapServerFactory(protocol.Factory):
         self.admission = Admission(self.policy, self.sessions)
         """Who gets a session, and who makes room (L{rpcapsvc.server.admission})."""
         self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
+        self.counters = counters if counters is not None else ServiceCounters()
+        """The service's totals for its metrics (shared, like C{sessions})."""
         """What every capturing session of the service forwards (shared, so no capture includes any of it)."""
 
     def buildProtocol(self, addr: Optional[IAddress]) -> RpcapServerProtocol:
@@ -244,13 +274,8 @@ class RpcapServerFactory(protocol.Factory):
         else:
             address = wanted = f"an address in {network}"
         self.log.warn(
-            "No interface{named} carries {address}; nothing can be opened",
-            named=named,
-            address=address,
-        )
-        self.log.warn(
-            "(ExtraHop's rpcapd would allow any interface; "
-            "we refuse opens until an interface{named} carries {address})",
+            "No interface{named} carries {address}; nothing can be opened until one does "
+            "(ExtraHop's rpcapd would allow any interface)",
             named=named,
             address=address,
         )

@@ -39,6 +39,10 @@ class IPacketSink(Interface):
     dropped = Attribute(
         "Packets the channel could not send whole (UDP only; with udpstr, those in refused datagrams)."
     )
+    bytes_sent = Attribute(
+        "Bytes written to the channel: packet messages or udpstr datagrams, RPCAP headers included "
+        "(counted once per batch, for the metrics)."
+    )
 
     def write_batch(batch: PacketBatch) -> None:
         """Frame and send a batch."""
@@ -51,6 +55,10 @@ class IPacketSink(Interface):
 
     def set_lost_callback(callback: Callable[[str], None]) -> None:
         """Call C{callback} with a reason when the peer closes the channel."""
+
+    log_tag = Attribute(
+        "Whose channel this is, for its log lines (C{session=N peer=HOST:PORT}); set by the session."
+    )
 
 
 class IDataChannels(Interface):
@@ -93,6 +101,8 @@ class _SinkBase:
         self.snaplen = snaplen
         self.sent = 0
         self.dropped = 0
+        self.bytes_sent = 0
+        self.log_tag = ""
         self._on_lost: Optional[Callable[[str], None]] = None
         self._closing = False
 
@@ -122,8 +132,10 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
         """The client never sends on the data channel; ignore it."""
 
     def write_batch(self, batch: PacketBatch) -> None:
-        self.transport.write(encode_packet_stream(batch, self.snaplen, self.sent + 1))  # type: ignore[union-attr]
+        data = encode_packet_stream(batch, self.snaplen, self.sent + 1)
+        self.transport.write(data)  # type: ignore[union-attr]
         self.sent += len(batch)
+        self.bytes_sent += len(data)
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
@@ -161,7 +173,9 @@ class TcpUdpStrPacketSink(TcpPacketSink):
         datagrams = self.framer.pack_batch(batch, self.snaplen, self.sent + 1)
         self.sent += len(batch)
         if datagrams:
-            self.transport.write(b"".join(datagrams))  # type: ignore[union-attr]
+            data = b"".join(datagrams)
+            self.transport.write(data)  # type: ignore[union-attr]
+            self.bytes_sent += len(data)
         if self.framer.pending and self._flush_call is None:
             self._flush_call = self._clock.callLater(self._flush_after, self.flush)
 
@@ -175,6 +189,7 @@ class TcpUdpStrPacketSink(TcpPacketSink):
         datagram = self.framer.flush()
         if datagram is not None:
             self.transport.write(datagram)
+            self.bytes_sent += len(datagram)
 
     def close(self) -> None:
         if not self._closing:
@@ -247,8 +262,9 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         why = errno.errorcode.get(getattr(error, "errno", None) or 0, "") or type(error).__name__
         if why not in self.send_errors:
             self.log.warn(
-                "UDP data to {peer}: datagrams refused ({why}: {error}); counted as drops",
-                peer=self._peer(),
+                "{tag}UDP data channel to {to}: datagrams refused ({why}: {error}); counted as drops",
+                tag=f"{self.log_tag} " if self.log_tag else "",
+                to=self._peer(),
                 why=why,
                 error=error,
             )
@@ -278,20 +294,24 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         send = self._sender()
         messages = encode_packet_messages(batch, self.snaplen, self.sent + self.dropped + 1)
         sent = 0
+        refused_bytes = 0
         for message in messages:
             try:
                 send(message)
             except MessageLengthError as e:
                 self._refused(e)
+                refused_bytes += len(message)
                 continue
             except OSError as e:
                 if e.errno not in NETWORK_SEND_ERRORS:
                     raise
                 self._refused(e)
+                refused_bytes += len(message)
                 continue
             sent += 1
         self.sent += sent
         self.dropped += len(messages) - sent
+        self.bytes_sent += sum(map(len, messages)) - refused_bytes
 
     def connectionRefused(self) -> None:
         """The collector has no socket there (yet): the datagram is lost."""
@@ -340,6 +360,7 @@ class UdpStrPacketSink(UdpPacketSink):
         self._last_datagram = datagram
         if self._send(datagram):
             self.datagrams += 1
+            self.bytes_sent += len(datagram)
         else:
             self.dropped += packets_touched(datagram)
 
@@ -355,6 +376,7 @@ class UdpStrPacketSink(UdpPacketSink):
         # Twisted reports the refusal from inside the send of this datagram.
         self.dropped += packets_touched(self._last_datagram)
         self.datagrams -= 1
+        self.bytes_sent -= len(self._last_datagram)
 
     def close(self) -> None:
         if not self._closing:

@@ -61,7 +61,7 @@ class IExclusionMember(Protocol):
         """
 
     def describe(self) -> str:
-        """Who this is, for the log."""
+        """Who this is, for the log (C{session=N peer=HOST:PORT capture on IFACE})."""
 
 
 PLACEMENTS_AT_ONCE = 2
@@ -269,7 +269,7 @@ class ForwardedTraffic:
 
         def refused(f: Failure) -> Failure:
             self.log.warn(
-                "Cannot update the filter of {member}: {why}",
+                "{member}: cannot update the filter that leaves out forwarded traffic: {why}",
                 member=member.describe(),
                 why=f.getErrorMessage(),
             )

@@ -44,6 +44,7 @@ from ..capture.system import (
     Direction,
     ICaptureSystem,
 )
+from ..logtext import escaped, host_port
 from ..protocol import bpf
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, MessageTooLarge, Received
 from ..protocol.wire import (
@@ -75,6 +76,7 @@ from ..protocol.wire import (
     UpdateFilterReply,
     UpdateFilterRequest,
 )
+from .counters import ServiceCounters
 from .datachannel import IDataChannels, IPacketSink
 from .forwarded import ForwardedTraffic
 from .sessioncapture import SessionCapture
@@ -194,12 +196,18 @@ class ServerSession:
         reactor: Any,
         interface: Optional[str] = None,
         forwarded: Optional[ForwardedTraffic] = None,
+        counters: Optional[ServiceCounters] = None,
         login_gate: Optional[Callable[[ServerSession], bool]] = None,
+        session_id: int = 0,
     ) -> None:
         self.channel = channel
+        self.session_id = session_id
+        """Names this session in the log (C{session=N}); unique in the daemon's lifetime."""
         self.login_gate = login_gate
         """Asked whether a client that proved who it is may log in (the service's session limit)."""
         self.forwarded = forwarded if forwarded is not None else ForwardedTraffic()
+        self.counters = counters if counters is not None else ServiceCounters()
+        """The service's totals (metrics): this session adds what its captures counted when they end."""
         self.capture_system = capture_system
         self.data_channels = data_channels
         self.policy = policy
@@ -232,6 +240,15 @@ class ServerSession:
         )
         self._last_activity = self.reactor.seconds()
         self._idle_timer: Optional[IDelayedCall] = None
+
+    @property
+    def peer(self) -> str:
+        """The client's C{host:port}, for the log."""
+        return host_port(self.channel.peer_host, self.channel.peer_port)
+
+    def _tag(self) -> dict[str, Any]:
+        """The fields every log line of the session starts with: C{session=N peer=HOST:PORT}."""
+        return {"session": self.session_id, "peer": self.peer}
 
     # --- input ---------------------------------------------------------------
 
@@ -314,13 +331,18 @@ class ServerSession:
         self._drain()
 
     def _internal_error(self, failure: Failure) -> None:
-        self.log.failure("Request failed in session with {peer}", failure, peer=self.channel.peer_host)
+        self.log.failure("session={session} peer={peer} request failed", failure, **self._tag())
         self._error(ErrorCode.NETWORK, "internal server error")
 
     def _error(self, code: int, text: str) -> None:
         # A text may quote the client (an interface name that is not UTF-8).
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        self.log.info("Error {code} to {peer}: {text}", code=code, peer=self.channel.peer_host, text=text)
+        self.log.info(
+            "session={session} peer={peer} sent error {code}: {text}",
+            code=code,
+            text=escaped(text),
+            **self._tag(),
+        )
         self.channel.send_message(ErrorReply(code, text))
 
     def _dispatch(self, r: Received) -> Optional[defer.Deferred[None]]:
@@ -342,10 +364,10 @@ class ServerSession:
             return None
         if isinstance(msg, ErrorReply):
             self.log.info(
-                "Client {peer} reported error {code}: {text}",
-                peer=self.channel.peer_host,
+                "session={session} peer={peer} client reported error {code}: {text}",
                 code=msg.code,
-                text=msg.text,
+                text=escaped(msg.text),
+                **self._tag(),
             )
             return None
         if self.state is SessionState.AWAITING_AUTH:
@@ -377,20 +399,28 @@ class ServerSession:
     @defer.inlineCallbacks
     def _check_password(self, user: bytes, password: bytes) -> Any:
         creds = UsernamePassword(user, password)
+        reasons = []
         for checker in self.policy.checkers:
             if IUsernamePassword not in checker.credentialInterfaces:
                 continue
             try:
                 avatar = yield checker.requestAvatarId(creds)
-            except UnauthorizedLogin:
+            except UnauthorizedLogin as e:
+                if str(e):
+                    reasons.append(str(e))  # for the log, never for the client
                 continue
             self._authenticated(avatar)
             return
-        yield self._auth_failed("authentication failed")
+        yield self._auth_failed("authentication failed", "; ".join(dict.fromkeys(reasons)))
 
-    def _auth_failed(self, why: str) -> defer.Deferred[None]:
+    def _auth_failed(self, why: str, detail: str = "") -> defer.Deferred[None]:
         # Answer late, as libpcap does, to slow down password guessing.
-        self.log.info("Authentication failed for {peer}: {why}", peer=self.channel.peer_host, why=why)
+        self.counters.auth_failures += 1
+        self.log.info(
+            "session={session} peer={peer} login failed: {why}",
+            why=f"{why} ({escaped(detail)})" if detail else why,
+            **self._tag(),
+        )
         d: defer.Deferred[None] = defer.Deferred()
 
         def answer() -> None:
@@ -415,9 +445,9 @@ class ServerSession:
         if self.policy.idle_timeout > 0 and not self.channel.active:
             self._idle_timer = self.reactor.callLater(self.policy.idle_timeout, self._idle_check)
         self.log.info(
-            "Client {peer} authenticated ({how})",
-            peer=self.channel.peer_host,
-            how="null" if user is None else user.decode("utf-8", "replace"),
+            "session={session} peer={peer} logged in: user={how}",
+            how="(null auth)" if user is None else escaped(user.decode("utf-8", "replace")),
+            **self._tag(),
         )
         self.channel.send_message(AuthReply())
 
@@ -433,6 +463,11 @@ class ServerSession:
         self._auth_timer = None
 
     # --- idle ----------------------------------------------------------------------
+
+    @property
+    def capture(self) -> Optional[SessionCapture]:
+        """The capture running (started, not yet ended), if any."""
+        return self._capture
 
     def idle_for(self) -> Optional[float]:
         """
@@ -518,7 +553,9 @@ class ServerSession:
                 return
             self.device = name
             self.state = SessionState.OPENED
-            self.log.info("Client {peer} opened {device}", peer=self.channel.peer_host, device=name)
+            self.log.info(
+                "session={session} peer={peer} opened {device}", device=escaped(name), **self._tag()
+            )
             self.channel.send_message(OpenReply(linktype, 0))
 
         def failed(f: Failure) -> None:
@@ -596,7 +633,7 @@ class ServerSession:
             self._run,
             self._compile,
             self.forwarded,
-            f"the capture on {device} for {self.channel.peer_host}",
+            f"session={self.session_id} peer={self.peer} capture on {escaped(device)}",
         )
         if self.state is SessionState.CLOSED:
             capture.stop()  # the session ended while the capture opened
@@ -733,11 +770,11 @@ class ServerSession:
         self._capture = capture
         self.state = SessionState.CAPTURING
         self.log.info(
-            "Capture on {device} for {peer} (snaplen {snaplen}, promiscuous {promisc})",
-            device=self.device,
-            peer=self.channel.peer_host,
+            "session={session} peer={peer} capture on {device} started: snaplen={snaplen} promiscuous={promisc}",
+            device=escaped(self.device or ""),
             snaplen=options.snaplen,
-            promisc=options.promiscuous,
+            promisc="yes" if options.promiscuous else "no",
+            **self._tag(),
         )
 
     def _sink_ready(self, capture: SessionCapture, sink: IPacketSink) -> None:
@@ -748,6 +785,7 @@ class ServerSession:
             lambda why: self._capture_failed(capture, why),
         )
         sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
+        sink.log_tag = f"session={self.session_id} peer={self.peer}"
         capture.start_reading(reader, sink)
 
     def _capture_failed(self, capture: SessionCapture, why: str) -> None:
@@ -757,7 +795,7 @@ class ServerSession:
 
     def _data_channel_lost(self, capture: SessionCapture, why: str) -> None:
         if self._capture is capture:
-            self.log.info("Data channel to {peer} lost: {why}", peer=self.channel.peer_host, why=why)
+            self.log.info("session={session} peer={peer} data channel lost: {why}", why=why, **self._tag())
             self._end_capture()
 
     def _end_capture(self) -> defer.Deferred[None]:
@@ -773,20 +811,28 @@ class ServerSession:
         sink = capture.sink
         sent, dropped = (sink.sent, sink.dropped) if sink is not None else (0, 0)
         self.packets_forwarded += sent
+        counted = capture.counts()
+        self.counters.capture_ended(counted)
         if self.state is SessionState.CAPTURING:
             self.state = SessionState.OPENED
         device = self.device
 
         def ended(stats: Optional[CaptureStats]) -> None:
+            self.counters.capture_closed(counted, stats)
             if stats is not None:
                 self._last_stats = StatsReply(
                     stats.received, stats.interface_dropped, stats.dropped + dropped, sent
                 )
+            last = self._last_stats
             self.log.info(
-                "Capture on {device} for {peer} ended: {stats}",
-                device=device,
-                peer=self.channel.peer_host,
-                stats=self._last_stats,
+                "session={session} peer={peer} capture on {device} ended: received={received} "
+                "interface_dropped={ifdrop} kernel_dropped={drop} sent={sent}",
+                device=escaped(device or ""),
+                received=last.ifrecv,
+                ifdrop=last.ifdrop,
+                drop=last.krnldrop,
+                sent=last.svrcapt,
+                **self._tag(),
             )
 
         d = capture.stop().addCallback(ended)
@@ -850,14 +896,14 @@ class ServerSession:
             stats = StatsReply(s.received, s.interface_dropped, s.dropped + dropped, sent)
             if self.policy.log_stats:
                 self.log.info(
-                    "Stats for {peer} on {device}: {received} received, {ifdrop} dropped by the interface, "
-                    "{drop} dropped by the kernel or the data channel, {sent} sent",
-                    peer=self.channel.peer_host,
-                    device=self.device,
+                    "session={session} peer={peer} stats on {device}: received={received} "
+                    "interface_dropped={ifdrop} kernel_dropped={drop} sent={sent}",
+                    device=escaped(self.device or ""),
                     received=stats.ifrecv,
                     ifdrop=stats.ifdrop,
                     drop=stats.krnldrop,
                     sent=stats.svrcapt,
+                    **self._tag(),
                 )
             self.channel.send_message(stats)
 
@@ -916,5 +962,5 @@ class ServerSession:
         self._yield_call = None
         self.state = SessionState.CLOSED
         self._queue.clear()
-        self.log.info("Session with {peer} closed: {why}", peer=self.channel.peer_host, why=why)
+        self.log.info("session={session} peer={peer} closed: {why}", why=why, **self._tag())
         self.channel.close()

@@ -26,6 +26,7 @@ from ..capture.reader import CaptureReader
 from ..capture.system import CaptureError, CaptureStats, ICaptureHandle, PrefixedProgram
 from ..protocol import bpf
 from ..protocol.wire import BpfProgram
+from .counters import ForwardingCounts, capture_counts
 from .datachannel import IPacketSink
 from .forwarded import ForwardedTraffic
 
@@ -108,6 +109,8 @@ class SessionCapture:
         self.pending_sink: Optional[Deferred[IPacketSink]] = None
         self.stopping = False
         self.description = description
+        self.last_stats: Optional[CaptureStats] = None
+        """The counters libpcap last reported for this capture (a client's stats request); C{None}: none yet."""
         self._run = run
         self._compile = compile
         self._forwarded = forwarded
@@ -220,7 +223,18 @@ class SessionCapture:
 
     def stats(self) -> Deferred[CaptureStats]:
         """libpcap's counters (raises L{CaptureError}); read before any close asked for later."""
-        return self._submit(lambda: partial(self.handle.stats))
+        return self._submit(lambda: partial(self.handle.stats)).addCallback(self._reported)
+
+    def _reported(self, stats: CaptureStats) -> CaptureStats:
+        self.last_stats = stats
+        return stats
+
+    def counts(self) -> ForwardingCounts:
+        """
+        What this capture has forwarded and lost so far: its data channel's
+        counts and the last counters libpcap reported (none are asked for).
+        """
+        return capture_counts(self.sink, self.last_stats)
 
     def start_reading(self, reader: CaptureReader, sink: IPacketSink) -> None:
         self.pending_sink = None

@@ -390,11 +390,13 @@ class CollectorServiceTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.service.startService()
             self.endpoint.refuse()
-        messages = "\n".join(formatEvent(e) for e in events)
-        self.assertIn("Connecting to collector collector.example:2003", messages)
-        self.assertIn("Cannot connect to collector collector.example:2003", messages)
-        self.assertIn("collector down", messages)
-        self.assertIn("Retrying collector collector.example:2003", messages)
+        messages = [formatEvent(e) for e in events]
+        # One line for the attempt, one for its failure with the delay before the next: no more.
+        self.assertEqual(len(messages), 2, messages)
+        self.assertEqual(messages[0], "Connecting to collector collector.example:2003")
+        self.assertIn("Cannot connect to collector collector.example:2003", messages[1])
+        self.assertIn("collector down", messages[1])
+        self.assertRegex(messages[1], r"; retrying in \d+\.\d s \(failures=1\)$")
 
     def test_name_given(self) -> None:
         """The name used in logs may differ from the address (it says which interface, in the service)."""

@@ -20,7 +20,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -256,6 +256,37 @@ class SystemAccountCheckerTests(CheckerTestMixin, SynchronousTestCase):
     def test_wrong_password(self) -> None:
         self.assertIs(self.login(self.checker, b"alice", b"bob-pw"), UnauthorizedLogin)
         self.assertIs(self.login(self.checker, b"alice", b""), UnauthorizedLogin)
+
+    def test_refusal_said_once_by_the_session(self) -> None:
+        """
+        A refused login is one log line, the session's: its id, the client's
+        address and port, the user and why.  The client is not told why.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from rpcapsvc.protocol.wire import AuthRequest, AuthType, ErrorReply
+        from rpcapsvc.server.control import RpcapServerFactory
+        from rpcapsvc.server.session import SessionPolicy
+        from rpcapsvc.testing import FakeCaptureSystem
+
+        from ._fixtures import Client
+
+        reactor = MemoryReactorClock()
+        factory = RpcapServerFactory(reactor, FakeCaptureSystem([]), SessionPolicy(checkers=[self.checker]))
+        with capturedLogs() as events:
+            client = Client(factory, "192.0.2.10")
+            client.send(AuthRequest(AuthType.PASSWORD, b"alice", b"bob-pw"))
+            reactor.advance(1)
+        lines = [formatEvent(e) for e in events if "login" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            r"^session=\d+ peer=192\.0\.2\.10:5555 login failed: authentication failed "
+            r"\(user alice: wrong password\)$",
+        )
+        [reply] = client.replies()
+        assert isinstance(reply, ErrorReply)
+        self.assertNotIn("wrong password", reply.text)
 
     def test_unknown_user(self) -> None:
         self.assertIs(self.login(self.checker, b"mallory", b"alice-pw"), UnauthorizedLogin)

@@ -15,7 +15,9 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.logger import Logger, formatEvent
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -278,8 +280,9 @@ class DaemonSessionTests(SynchronousTestCase):
         with open(os.path.join(collector.directory, name), "rb") as f:
             self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)]))
         log = collector.log()
-        self.assertIn("Daemon 192.0.2.20 connected", log)
-        self.assertIn(f"Daemon 192.0.2.20: capturing eth0 into {collector.directory}", log)
+        self.assertIn("daemon=192.0.2.20:50000 connected", log)
+        files = os.path.join(collector.directory, "192.0.2.20_eth0_*.pcapng")
+        self.assertIn(f"daemon=192.0.2.20:50000 interface=eth0 capturing into {files}", log)
 
     def test_concurrent_sessions_of_one_daemon_and_interface_get_their_own_series(self) -> None:
         """
@@ -316,7 +319,7 @@ class DaemonSessionTests(SynchronousTestCase):
         self.assertEqual(daemon.system.handles[-1].device, "eth0")
         [name] = collector.files()
         self.assertRegex(name, rf"^192\.0\.2\.20_eth0_{STAMP}_00001\.pcapng$")
-        self.assertIn("Daemon 192.0.2.20 connected", collector.log())
+        self.assertIn("daemon=192.0.2.20:50000 connected", collector.log())
 
     def test_unsafe_interface_name(self) -> None:
         """An interface name that is no safe file name is made into one."""
@@ -376,11 +379,12 @@ class DaemonSessionTests(SynchronousTestCase):
         daemon.system.handles[-1].dropped = 4
         collector.reactor.advance(29)
         pump.flush()
-        self.assertFalse([line for line in collector.log() if "lost in transit" in line])
+        self.assertFalse([line for line in collector.log() if "lost_in_transit" in line])
         collector.reactor.advance(1)
         pump.flush()
         self.assertIn(
-            "Daemon 192.0.2.20: 3 packets, 4 dropped by its kernel, 0 lost in transit (0 datagrams)",
+            "daemon=192.0.2.20:50000 interface=eth0 stats: file_prefix=192.0.2.20_eth0 "
+            "packets=3 kernel_dropped=4 lost_in_transit=0 lost_datagrams=0",
             collector.log(),
         )
         self.assertEqual(session.drops, 4)
@@ -399,7 +403,7 @@ class DaemonSessionTests(SynchronousTestCase):
         server.transport.loseConnection()
         first_pump.flush()
         self.assertEqual(collector.service.sessions, {second_session})
-        self.assertIn("Daemon 192.0.2.20 gone: 1 packets written to 1 file(s)", collector.log())
+        self.assertIn("daemon=192.0.2.20:50000 interface=eth0 gone: packets=1 files=1", collector.log())
         [first_file] = [n for n in collector.files() if n.startswith("192.0.2.20_")]
         with open(os.path.join(collector.directory, first_file), "rb") as f:
             self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET)]))
@@ -409,8 +413,36 @@ class DaemonSessionTests(SynchronousTestCase):
         # The ticker of the session that ended is stopped.
         collector.reactor.advance(60)
         self.assertFalse(
-            [line for line in collector.log() if line.startswith("Daemon 192.0.2.20: 1 packets")]
+            [
+                line
+                for line in collector.log()
+                if line.startswith("daemon=192.0.2.20:50000 interface=eth0 stats:")
+            ]
         )
+
+    def test_unreadable_data_connection(self) -> None:
+        """
+        A data connection that carries no RPCAP ends the session, said once,
+        on a line that names the daemon, the interface and what was wrong.
+        """
+        collector = Collector(self, interface="eth0")
+        _, session, receiver, pump = collector.capturing()
+        with capturedLogs() as elsewhere:
+            receiver.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
+            receiver.connectionLost(Failure(ConnectionDone()))
+            pump.flush()
+        self.assertEqual(
+            [line for line in collector.log() if "data connection" in line],
+            [
+                "daemon=192.0.2.20:50000 interface=eth0 data connection unreadable "
+                "(not an RPCAP data stream (first bytes 48 54)); ending the session"
+            ],
+        )
+        # Nothing else of the collector's says it again (the in-memory daemon logs its side).
+        self.assertEqual(
+            [formatEvent(e) for e in elsewhere if e["log_namespace"].startswith("rpcapsvc.collector")], []
+        )
+        self.assertTrue(session.client.disconnected.called)
 
     def test_refused(self) -> None:
         """
@@ -423,7 +455,9 @@ class DaemonSessionTests(SynchronousTestCase):
         daemon, client, pump = collector.daemon_connects()
         pump.flush()
         [warning] = [line for line in collector.log() if "capture not started" in line]
-        self.assertIn("eth9", warning)
+        self.assertTrue(
+            warning.startswith("daemon=192.0.2.20:50000 interface=eth9 capture not started: "), warning
+        )
         self.assertIn("trying again in 30 s", warning)
         self.assertFalse(client.disconnected.called)
         collector.reactor.advance(29)

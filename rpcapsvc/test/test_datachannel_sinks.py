@@ -199,6 +199,7 @@ class UdpPacketSinkTests(SynchronousTestCase):
         failures: dict[int, Exception] = {i: OSError(e, os.strerror(e)) for i, e in enumerate(kinds)}
         failures[len(kinds)] = OSError(errno.EHOSTUNREACH, "again")
         sink, transport = self.make(failures)
+        sink.log_tag = "session=7 peer=192.0.2.1:40000"  # the session's, set when the capture starts
         events: list[dict[str, Any]] = []
         self.patch(sink, "log", Logger(observer=events.append))
         sink.write_batch(PacketBatch.from_packets(frames(len(kinds) + 3)))
@@ -206,6 +207,9 @@ class UdpPacketSinkTests(SynchronousTestCase):
         self.assertEqual(sink.send_errors["EHOSTUNREACH"], 2)
         self.assertEqual(len(events), len(kinds))  # once per kind
         self.assertIn("EHOSTUNREACH", formatEvent(events[0]))
+        self.assertTrue(
+            formatEvent(events[0]).startswith("session=7 peer=192.0.2.1:40000 UDP data channel to ")
+        )
 
     def test_message_too_long_counted_as_dropped(self) -> None:
         sink, transport = self.make({0: MessageLengthError("message too long")})

@@ -106,7 +106,7 @@ class CaptureTests(PassiveDaemonMixin, SynchronousTestCase):
         frames = payloads(cap.lines)
         for n in range(10):
             self.assertTrue(any(has_marker(f, f"nofilter-{n}") for f in frames), n)
-        self.assertIn("Capture on lo", self.daemon.log())
+        self.assertIn("capture on lo started", self.daemon.log())
 
     def test_updatefilter_switches_what_arrives(self) -> None:
         second = Traffic()

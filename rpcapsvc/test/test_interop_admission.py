@@ -155,4 +155,5 @@ class IdleSessionsTests(AdmissionDaemonMixin, SynchronousTestCase):
         self.assertIn(b"with no capture: session closed", messages[0][2])
         self.assertLess(took, 3.0)
         self.assertEqual(busy.request(FINDALLDEVS)[0], FINDALLDEVS_REPLY)
-        self.daemon.wait_for_log("Session with 127.0.0.1 closed: idle timeout")
+        self.daemon.wait_for_log("closed: idle timeout")
+        self.assertRegex(self.daemon.log(), r"session=\d+ peer=127\.0\.0\.1:\d+ closed: idle timeout")

@@ -85,7 +85,7 @@ class MemoryCheckerTests(PasswordDaemonTestCase):
 
     def test_right_password_lists_interfaces(self) -> None:
         self.assert_logs_in("alice", "right-pw")
-        self.daemon.wait_for_log("authenticated (alice)")
+        self.daemon.wait_for_log("logged in: user=alice")
 
     def test_wrong_password_is_refused_after_a_second(self) -> None:
         self.assert_refused("alice", "wrong-pw")
@@ -152,7 +152,7 @@ class SystemAccountTests(PasswordDaemonTestCase):
 
     def test_right_password(self) -> None:
         self.assert_logs_in(self.user, self.password)
-        self.daemon.wait_for_log(f"authenticated ({self.user})")
+        self.daemon.wait_for_log(f"logged in: user={self.user}")
 
     def test_wrong_password_and_unknown_user(self) -> None:
         self.assert_refused(self.user, self.password + "x")

@@ -503,8 +503,8 @@ class ActiveDumpTests(TestCaseWithCleanups):
 class CollectorTests(TestCaseWithCleanups):
     skip = SKIP
 
-    CAPTURING = "Daemon 127.0.0.1: capturing lo"
-    GONE = re.compile(r"Daemon 127\.0\.0\.1 gone: (\d+) packets written to (\d+) file\(s\)")
+    CAPTURING = "interface=lo capturing into"
+    GONE = re.compile(r"daemon=127\.0\.0\.1:\d+ interface=lo gone: packets=(\d+) files=(\d+)")
 
     def test_two_daemons_rotation_loss_and_reconnection(self) -> None:
         """
@@ -577,7 +577,10 @@ class CollectorTests(TestCaseWithCleanups):
         wait_for_capturing(3)
         again = send_marked(traffic, "reconnected", SIZES, pause=0.02)
         wait_for_files(again, 2)
-        self.assertRegex(collector.log(), r"Daemon 127\.0\.0\.1: \d+ packets, 0 dropped by its kernel")
+        self.assertRegex(
+            collector.log(),
+            r"daemon=127\.0\.0\.1:\d+ interface=lo stats: file_prefix=127\.0\.0\.1_lo(-2)? packets=\d+ kernel_dropped=0 ",
+        )
 
         # Shut the collector down as an operator would (not with stop(), which
         # also deletes its log): it finishes every file.

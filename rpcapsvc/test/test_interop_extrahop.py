@@ -34,6 +34,7 @@ by the test (as a systemd socket unit holds it), and the next C{rpcap-dump
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,7 +62,7 @@ LARGE_SIZES = [*SIZES, 9000, 20, 30000, 65000, 3]
 UDPSTR, CLASSIC = b"\x00\x6e", b"\x00\x07"
 
 #: What the collectors' logs say when the fork (or our daemon) is capturing for them.
-CAPTURING = "Daemon 127.0.0.1: capturing lo"
+CAPTURING = "interface=lo capturing into"
 #: Whatever restarts or reconnections take, far below the fork's 30 s retry after a refusal.
 RECONNECT_WITHIN = 10.0
 
@@ -689,7 +690,9 @@ class ExtraHopFleetTests(ExtraHopTestCase):
         collector.wait_for_output(CAPTURING)
         first = self.deliver(first_dir, "first", traffic, other)
         self.stop_collector(collector)
-        self.assertIn(f"Daemon 127.0.0.1 gone: {len(SIZES)} packets written to 1 file(s)", collector.output())
+        self.assertRegex(
+            collector.output(), rf"daemon=127\.0\.0\.1:\d+ interface=lo gone: packets={len(SIZES)} files=1"
+        )
 
         restarted = self.collector(listener, second_dir, *options)
         took = restarted.wait_for_output(CAPTURING)
@@ -715,11 +718,12 @@ class ExtraHopFleetTests(ExtraHopTestCase):
         refusing = self.collector(listener, refusing_dir, "--interface", "nosuch0", "--retry-refused", "1")
         fork = self.fork("-n", "-v", "-a", f"127.0.0.1,{port}")
         # Refused twice: the fork came back after the first hang-up.
-        refusing.wait_for_output("Daemon 127.0.0.1: capture not started", count=2)
+        refusing.wait_for_output("interface=nosuch0 capture not started", count=2)
         # RPCAP error 6: the open failed.
         self.assertIn("capture not started: RPCAP error 6: ", refusing.output())
         self.assertIn("trying again in 1 s", refusing.output())
-        self.assertGreaterEqual(refusing.output().count("Daemon 127.0.0.1 connected"), 2, refusing.output())
+        connected = re.findall(r"daemon=127\.0\.0\.1:\d+ connected", refusing.output())
+        self.assertGreaterEqual(len(connected), 2, refusing.output())
         self.stop_collector(refusing)
         self.assertEqual(os.listdir(refusing_dir), [], "a refused daemon leaves no files")
 

@@ -102,7 +102,7 @@ class SighupTests(TestCase):
         self.addCleanup(collector.stop)
         collector.wait_for_port(port)
         collector.process.send_signal(signal.SIGHUP)
-        collector.wait_for_log("SIGHUP: 0 capture file(s) closed and new ones opened")
+        collector.wait_for_log("SIGHUP: capture files closed and new ones opened: files=0")
         self.assertTrue(collector.alive())
         assert_clean_log(self, collector)
 

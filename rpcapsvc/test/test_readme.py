@@ -816,7 +816,7 @@ class ActiveModeTests(ReadmeTestCase):
         dump, argv, cwd = self.start_readme(planned)
         self.wait_listening(dump, port, planned)
         daemon = self.start_paired_daemon(port)
-        # rpcap-dump's "capturing on IFACE", or the daemon's "Capture on IFACE for HOST".
+        # rpcap-dump's "capturing on IFACE", or the daemon's "session=N peer=HOST:PORT capture on IFACE started".
         capturing = re.compile(r"capturing on|capture on", re.IGNORECASE)
         _wait_until(
             lambda: capturing.search(dump.output() + daemon.output()) or not dump.alive(), STARTUP_TIMEOUT

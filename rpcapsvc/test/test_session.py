@@ -13,6 +13,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -980,3 +981,71 @@ class SessionLimitTests(SessionTestBase):
         self.factory.close_sessions("stopping")
         self.assertTrue(handle.closed)
         self.assertFalse(client.connected)
+
+
+class LogTests(SessionTestBase):
+    """What a person reads: one line per event, each naming the session and the client."""
+
+    def events_of(self, run: Any) -> list[str]:
+        with capturedLogs() as events:
+            run()
+        return [formatEvent(e) for e in events]
+
+    def test_every_line_names_the_session_and_the_peer(self) -> None:
+        def run() -> None:
+            client, handle, sink = self.capturing()
+            handle.inject([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)])
+            self.reader(sink).doRead()
+            handle.dropped = 1
+            client.request(EndCaptureRequest())
+            client.send(CloseRequest())
+
+        lines = self.events_of(run)
+        [session] = {line.split()[0] for line in lines}
+        self.assertRegex(session, r"^session=\d+$")
+        self.assertEqual({line.split()[1] for line in lines}, {f"peer={PEER_HOST}:5555"})
+        tag = f"{session} peer={PEER_HOST}:5555"
+        self.assertEqual(
+            lines,
+            [
+                f"{tag} client connected",
+                f"{tag} logged in: user=(null auth)",
+                f"{tag} opened eth0",
+                f"{tag} capture on eth0 started: snaplen=65535 promiscuous=no",
+                f"{tag} capture on eth0 ended: received=2 interface_dropped=0 kernel_dropped=1 sent=2",
+                f"{tag} closed: client closed the session",
+            ],
+        )
+
+    def test_data_channel_told_whose_it_is(self) -> None:
+        """The data channel's own lines (UDP datagrams refused) name the session too."""
+        client, _, sink = self.capturing()
+        assert client.session is not None
+        self.assertEqual(sink.log_tag, f"session={client.session.session_id} peer={PEER_HOST}:5555")
+
+    def test_sessions_have_their_own_ids(self) -> None:
+        first, second = self.authed(), self.authed()
+        assert first.session is not None and second.session is not None
+        self.assertGreater(second.session.session_id, first.session.session_id)
+
+    def test_peer_text_stays_on_its_line(self) -> None:
+        """What the client sends (an interface name, an error text) is escaped: it cannot forge a line."""
+        client = self.authed()
+        forged = "\n2026-01-01T00:00:00+0000 [rpcapsvc] session=1 forged"
+        name = "eth0" + forged + b"\xff".decode("utf-8", "surrogateescape")
+        lines = self.events_of(
+            lambda: client.send(OpenRequest(name), ErrorReply(3, "it broke" + forged + "\x1b[31m"))
+        )
+        self.assertEqual(len(lines), 2, lines)
+        for line in lines:
+            self.assertNotIn("\n", line)
+            self.assertNotIn("\x1b", line)
+        self.assertIn("\\n2026-01-01", lines[0])
+        self.assertIn("\\udcff", lines[0])
+        self.assertTrue(
+            lines[1].endswith(
+                "client reported error 3: it broke\\n2026-01-01T00:00:00+0000 "
+                "[rpcapsvc] session=1 forged\\x1b[31m"
+            ),
+            lines[1],
+        )
