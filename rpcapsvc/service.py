@@ -35,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from .capture.blocking import CAPTURE_THREADS, capture_thread_pool, pool_runner
 from .capture.system import ICaptureSystem, PcapySystem
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
+from .logtext import escaped
 from .metrics import MetricsListener, new_registry
 from .server.active import ReconnectPolicy, collector_service
 from .server.control import RpcapServerFactory
@@ -250,6 +251,7 @@ class RpcapdService(MultiService):
             self._apply_first(read_config(self.config_path))
         self._start_capture_pool()
         super().startService()
+        self._check_settings()
         for listener, description in zip(self.listeners, self._listen):
             # StreamServerEndpointService keeps the port it is listening on here.
             waiting = getattr(listener, "_waitingForPort", None)
@@ -261,9 +263,45 @@ class RpcapdService(MultiService):
             # `systemctl reload` sends) would end the daemon.
             self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
+    def _check_settings(self) -> None:
+        """
+        Settings that cannot work are said once, at start: a preselected
+        interface that does not exist, and no right to capture at all.
+        """
+        wanted = self.policy.preselected_interface
+        if wanted is not None:
+            try:
+                names = [i.name for i in self.capture_system.list_interfaces()]
+            except Exception:
+                names = None
+            if names is not None and wanted not in names:
+                self.log.warn(
+                    "--interface {wanted}: no such interface here ({names}); every open is refused until it exists",
+                    wanted=escaped(wanted),
+                    names=", ".join(names[:12]) + (", ..." if len(names) > 12 else ""),
+                )
+        if isinstance(self.capture_system, PcapySystem) and not may_capture():
+            self.log.warn(
+                "No right to capture (root or CAP_NET_RAW is needed): clients may list interfaces, "
+                "but every capture will fail; run as root or give the daemon CAP_NET_RAW (docs/security.md)"
+            )
+
     def _listening(self, port: Any, tls: bool = False) -> Any:
         """Say where clients connect, how they log in, and the command to try."""
         address = port.getHost()
+        host_ = getattr(address, "host", None)
+        if (
+            self.policy.null_auth
+            and host_ is not None
+            and not _loopback(host_)
+            and not self.policy.allowed_clients
+        ):
+            self.log.warn(
+                "Null auth on {host} port {port}, reachable from the network with no --allow list: "
+                "anyone who can reach it may capture; listen on 127.0.0.1, add --allow HOST, or use --auth",
+                host=host_ or "every address",
+                port=getattr(address, "port", "?"),
+            )
         host, number = getattr(address, "host", None), getattr(address, "port", None)
         logins = []
         if self.policy.null_auth:
@@ -314,3 +352,21 @@ class RpcapdService(MultiService):
 
 
 __all__ = ["DEFAULT_LISTEN", "ActiveTarget", "RpcapdService", "SessionPolicy"]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == ""  # a UNIX socket has no host: local only
+
+
+def may_capture() -> bool:
+    """Whether this process may open a packet socket (root or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except PermissionError:
+        return False
+    except OSError:
+        return True  # not a permission problem: let the capture say what it is
+    return True

@@ -99,6 +99,17 @@ class Options(OneLineErrors):
 
     def postOptions(self) -> None:
         self["listen"] = self["listen"] or [DEFAULT_LISTEN]
+        if self["filter"]:
+            # A filter libpcap cannot compile would refuse every daemon, for ever: say so now.
+            # Checked for Ethernet, the link type of almost every daemon's interface.
+            from ..capture.compiler import compile_filter
+
+            try:
+                compile_filter(self["filter"], 1)
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--filter {self['filter']!r}: {e} (man pcap-filter gives the syntax)"
+                ) from None
         if self["snaplen"] < 0:
             raise usage.UsageError("--snaplen must not be negative")
         # 0 as for tcpdump -s 0: a BPF program returning 0 would drop every packet.

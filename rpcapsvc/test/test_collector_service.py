@@ -112,6 +112,11 @@ class OptionsTests(SynchronousTestCase):
             for value in ("0", "-1"):
                 self.assertIn(f"--{name} must be positive", self.refused(f"--{name}", value))
 
+    def test_filter_checked_at_start(self) -> None:
+        """A filter libpcap cannot compile would refuse every daemon: it is refused at once."""
+        self.assertIn("--filter 'udp prt 1'", self.refused("-f", "udp prt 1"))
+        self.assertEqual(self.parse("-f", "udp port 1")["filter"], "udp port 1")
+
     def test_snaplen(self) -> None:
         """A negative snaplen is refused; 0 means all of each packet, as for tcpdump -s 0."""
         self.assertIn("--snaplen", self.refused("--snaplen", "-1"))

@@ -630,6 +630,40 @@ class HostNotAllowedTests(ServiceTestBase):
         self.assertTrue(client.connected)
 
 
+class StartupWarningTests(ServiceTestBase):
+    """Settings that cannot work are said once, at start."""
+
+    def warnings(self, **kwargs: Any) -> list[str]:
+        with capturedLogs() as events:
+            self.started(**kwargs)
+        return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+    def test_missing_preselected_interface(self) -> None:
+        [line] = self.warnings(policy=SessionPolicy(null_auth=True, preselected_interface="nosuch0"))
+        self.assertIn("--interface nosuch0: no such interface here (eth0, lo)", line)
+
+    def test_existing_preselected_interface(self) -> None:
+        self.assertEqual(self.warnings(policy=SessionPolicy(null_auth=True, preselected_interface="lo")), [])
+
+    def test_null_auth_open_to_the_network(self) -> None:
+        service = self.service(policy=SessionPolicy(null_auth=True), listen=["tcp:0"])
+        with capturedLogs() as events:
+            service._listening(FakePort(IPv4Address("TCP", "0.0.0.0", 2002)))
+        [line] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertIn("Null auth on 0.0.0.0 port 2002, reachable from the network", line)
+        with capturedLogs() as events:
+            service._listening(FakePort(IPv4Address("TCP", "127.0.0.1", 2002)))
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+
+
+class FakePort:
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+
 class HalfCloseTests(ServiceTestBase):
     """A client that sends its requests and then shuts down its sending side still gets the replies."""
 
