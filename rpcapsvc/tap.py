@@ -11,13 +11,12 @@ from twisted.cred import checkers, credentials, strcred
 from twisted.python import usage
 
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
-from .connections import server_endpoint_string
 from .protocol.udpstr import MAX_MTU, MIN_MTU
 from .server.active import parse_active_target
 from .server.datachannel import DataChannels
 from .server.session import SessionPolicy
 from .service import DEFAULT_LISTEN, RpcapdService, resolve_clients
-from .usage import OneLineErrors
+from .usage import OneLineErrors, endpoint_option
 
 _POLICY = SessionPolicy()  # the defaults of every limit, defined once, there
 
@@ -147,12 +146,7 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
         unless only --active or a config file without PassiveClient lines is given.
         PORT and ADDRESS:PORT are short for tcp:PORT and tcp:PORT:interface=ADDRESS.
         """
-        from twisted.internet import reactor
-
-        try:
-            self["listen"].append(server_endpoint_string(reactor, description))
-        except ValueError as e:
-            raise usage.UsageError(f"--listen {e}") from None
+        self["listen"].append(endpoint_option("--listen", description))
 
     opt_l = opt_listen
 
@@ -161,12 +155,7 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
         Serve Prometheus metrics at /metrics on this endpoint (off by default),
         e.g. tcp:9102:interface=127.0.0.1; PORT and ADDRESS:PORT as for --listen.
         """
-        from twisted.internet import reactor
-
-        try:
-            self["metrics"] = server_endpoint_string(reactor, description)
-        except ValueError as e:
-            raise usage.UsageError(f"--metrics {e}") from None
+        self["metrics"] = endpoint_option("--metrics", description)
 
     def opt_active(self, target: str) -> None:
         """

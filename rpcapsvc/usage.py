@@ -70,3 +70,18 @@ def listen_failure_hint(error: BaseException, option: str = "--listen") -> str:
             hint = "; that address is not on this machine"
         return f"cannot listen on {where}: {why}{hint}"
     return f"cannot listen: {error}"
+
+
+def endpoint_option(option: str, description: str) -> str:
+    """
+    The server endpoint string for a C{--listen}/C{--metrics} argument
+    (shorthands expanded), or a L{usage.UsageError} naming the option.
+    """
+    from twisted.internet import reactor
+
+    from .connections import server_endpoint_string
+
+    try:
+        return server_endpoint_string(reactor, description)
+    except ValueError as e:
+        raise usage.UsageError(f"{option} {e}") from None

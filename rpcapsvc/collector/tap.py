@@ -7,9 +7,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from ..connections import server_endpoint_string
 from ..protocol.bpf import MAXIMUM_SNAPLEN
-from ..usage import OneLineErrors
+from ..usage import OneLineErrors, endpoint_option
 from .files import FORMATS
 from .service import DEFAULT_LISTEN, CollectorService, CollectorSettings
 
@@ -71,24 +70,14 @@ class Options(OneLineErrors):
         Accept daemons on this endpoint (repeatable; default tcp:2003).
         PORT and ADDRESS:PORT are short for tcp:PORT and tcp:PORT:interface=ADDRESS.
         """
-        from twisted.internet import reactor
-
-        try:
-            self["listen"].append(server_endpoint_string(reactor, description))
-        except ValueError as e:
-            raise usage.UsageError(f"--listen {e}") from None
+        self["listen"].append(endpoint_option("--listen", description))
 
     def opt_metrics(self, description: str) -> None:
         """
         Serve Prometheus metrics at /metrics on this endpoint (off by default),
         e.g. tcp:9103:interface=127.0.0.1; PORT and ADDRESS:PORT as for --listen.
         """
-        from twisted.internet import reactor
-
-        try:
-            self["metrics"] = server_endpoint_string(reactor, description)
-        except ValueError as e:
-            raise usage.UsageError(f"--metrics {e}") from None
+        self["metrics"] = endpoint_option("--metrics", description)
 
     def opt_host_interface(self, mapping: str) -> None:
         """HOST=IFACE: capture IFACE on the daemon connecting from HOST (repeatable)."""
