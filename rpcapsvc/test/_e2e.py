@@ -112,7 +112,14 @@ class Daemon:
                 self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
+        log = self.log()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        # Whatever a test did to it, a daemon's log never holds a traceback:
+        # every end-to-end test that runs one asserts this when it stops it.
+        for word in ("Traceback", "Unhandled"):
+            if word in log:
+                at = log.index(word)
+                raise AssertionError(f"{word!r} in the daemon's log:\n{log[max(0, at - 2000) : at + 3000]}")
 
 
 def peer(*args: str, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -107,6 +107,22 @@ class SighupTests(TestCase):
         assert_clean_log(self, collector)
 
 
+class CleanLogTests(TestCase):
+    def test_a_traceback_in_a_daemon_log_fails_the_test(self) -> None:
+        """
+        Every end-to-end test stops its daemons with Daemon.stop, which fails
+        on a traceback in the daemon's log: so a whole run of the suite
+        asserts that no daemon logged one.
+        """
+        port = free_port()
+        daemon = Daemon("--listen", f"tcp:{port}:interface=127.0.0.1", "--null-auth")
+        daemon.wait_for_port(port)
+        with open(daemon.log_path, "a") as f:
+            f.write("Traceback (most recent call last):\n")
+        self.assertRaises(AssertionError, daemon.stop)
+        self.assertFalse(daemon.alive())
+
+
 class IcmpRejectTests(TestCase):
     def setUp(self) -> None:
         ok, why = _peers.can_capture()
