@@ -15,7 +15,7 @@ import tempfile
 
 from twisted.trial.unittest import TestCase
 
-from ._e2e import REPO_ROOT, free_port
+from ._e2e import REPO_ROOT, Daemon, free_port
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -66,6 +66,23 @@ class TwistdCommandLineTests(TestCase):
             2,
             "twistd rpcapd: choose how clients log in",
         )
+
+    def test_collector_filter_that_cannot_compile(self) -> None:
+        """It would refuse every daemon, for ever: refused at start instead."""
+        self.assertOneLine(
+            run(*TWISTD, "-n", "--pidfile=", "rpcapcollect", "--listen", str(free_port()), "-f", "udp prt 1"),
+            2,
+            "twistd rpcapcollect: --filter 'udp prt 1'",
+        )
+
+    def test_settings_that_cannot_work_are_said_at_start(self) -> None:
+        """A preselected interface that does not exist, and null auth open to the network: one warning each."""
+        port = free_port()
+        daemon = Daemon("--listen", str(port), "--null-auth", "--interface", "nosuch0")
+        self.addCleanup(daemon.stop)
+        daemon.wait_for_port(port)
+        daemon.wait_for_log("--interface nosuch0: no such interface here")
+        daemon.wait_for_log(f"Null auth on 0.0.0.0 port {port}, reachable from the network")
 
     def test_rpcapd_front_end(self) -> None:
         rpcapd = [sys.executable, "-c", "from rpcapsvc.rpcapd import main; main()"]
