@@ -75,14 +75,22 @@ def _kill(process: subprocess.Popen[str]) -> None:
 class Dump:
     """C{rpcap-dump ARGS} in a subprocess, its standard error collected as it comes."""
 
-    def __init__(self, *args: str, stdout: int = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        *args: str,
+        stdout: int = subprocess.DEVNULL,
+        command: Optional[list[str]] = None,
+        env: Optional[dict[str, str]] = None,
+        new_session: bool = False,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rpcapsvc.collector.dump", *args],
+            [*(command or [sys.executable, "-m", "rpcapsvc.collector.dump"]), *args],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.PIPE,
-            env=_env(),
+            env=env or _env(),
             text=stdout != subprocess.PIPE,
+            start_new_session=new_session,  # no terminal: nothing can prompt
             # As from a terminal, whatever this test run inherited (a
             # background job ignores SIGINT, and so would rpcap-dump).
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -121,8 +129,9 @@ class Dump:
             self.process.kill()
         self.process.wait()
         self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class ReferenceRpcapd:

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +35,7 @@ from rpcapsvc import __version__
 
 from . import _peers
 from ._e2e import REPO_ROOT, Daemon, Traffic, free_port
+from .test_interop_collector import Dump, _wait_until
 
 _CAN_CAPTURE, _WHY = _peers.can_capture()
 SKIP_CAPTURE = None if _CAN_CAPTURE else _WHY
@@ -61,68 +61,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-class RpcapDump:
-    """C{rpcap-dump ARGS} in a subprocess; its standard error collected as it comes."""
+class RpcapDump(Dump):
+    """C{rpcap-dump ARGS} as installed, in its own session (no terminal), its standard error collected."""
 
     def __init__(
         self, *args: str, stdout: int = subprocess.DEVNULL, env: Optional[dict[str, str]] = None
     ) -> None:
-        self.process = subprocess.Popen(
-            [*_command(), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=env or _env(),
-            start_new_session=True,  # no terminal: nothing can prompt
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self._chunks: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._chunks.append(line)
-
-    def stderr(self) -> str:
-        return b"".join(self._chunks).decode(errors="replace")
+        super().__init__(*args, stdout=stdout, command=_command(), env=env or _env(), new_session=True)
 
     def lines(self) -> list[str]:
         return self.stderr().splitlines()
-
-    def wait_for_stderr(self, text: str, timeout: float = 15.0) -> None:
-        if not _wait_until(lambda: text in self.stderr() or not self._reader.is_alive(), timeout):
-            raise AssertionError(f"rpcap-dump never said {text!r}:\n{self.stderr()}")
-        if text not in self.stderr():
-            raise AssertionError(f"rpcap-dump exited without saying {text!r}:\n{self.stderr()}")
-
-    def wait(self, timeout: float = 15.0) -> int:
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"rpcap-dump did not finish within {timeout} s:\n{self.stderr()}") from None
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(5)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 class CliTestCase(SynchronousTestCase):
