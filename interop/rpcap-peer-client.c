@@ -68,6 +68,9 @@ static void usage(FILE *out)
 "  --stop-reading-after K    after K packets, sleep --max-seconds without\n"
 "                            reading, then exit\n"
 "  --stats                   print pcap_stats at the end\n"
+"  --sampling METHOD VALUE   pcap_setsampling before capturing: METHOD 1 is\n"
+"                            PCAP_SAMP_1_EVERY_N, 2 PCAP_SAMP_FIRST_AFTER_N_MS\n"
+"  --quiet                   print no packet lines (the count and stats only)\n"
 "\n"
 "active mode: wait (at most --timeout-s seconds, default 30) for an rpcapd\n"
 "started with -a H,P to connect, then list its interfaces or capture IFACE.\n"
@@ -163,6 +166,9 @@ struct options {
 	const char *update_filter;
 	long stop_reading_after;
 	int stats;
+	int sampling_method;
+	int sampling_value;
+	int quiet;
 	/* active */
 	const char *listen_host;
 	const char *listen_port;
@@ -234,6 +240,12 @@ static void parse_options(int argc, char **argv, int *i, struct options *o,
 			NEED(1); o->stop_reading_after = parse_long(a, argv[++*i], 0);
 		} else if (allow_capture && strcmp(a, "--stats") == 0) {
 			o->stats = 1;
+		} else if (allow_capture && strcmp(a, "--sampling") == 0) {
+			NEED(2);
+			o->sampling_method = (int)parse_long(a, argv[++*i], 0);
+			o->sampling_value = (int)parse_long(a, argv[++*i], 0);
+		} else if (allow_capture && strcmp(a, "--quiet") == 0) {
+			o->quiet = 1;
 		} else if (allow_active && strcmp(a, "--listen-host") == 0) {
 			NEED(1); o->listen_host = argv[++*i];
 		} else if (allow_active && strcmp(a, "--listen-port") == 0) {
@@ -416,6 +428,19 @@ static void do_capture(const char *source, const struct options *o,
 	printf("{\"linktype\":%d", pcap_datalink(p));
 	end_line();
 
+	/*
+	 * libpcap sends the sampling request when the capture starts (the
+	 * first read or pcap_setfilter), so it is set here, before either.
+	 */
+	if (o->sampling_method != 0) {
+		struct pcap_samp *samp = pcap_setsampling(p);
+
+		if (samp == NULL)
+			fail("pcap_setsampling(%s): not a remote capture", source);
+		samp->method = o->sampling_method;
+		samp->value = o->sampling_value;
+	}
+
 	/* No --filter: never call pcap_setfilter (the client's no-filter path). */
 	if (o->filter != NULL)
 		set_filter(p, o->filter);
@@ -439,7 +464,8 @@ static void do_capture(const char *source, const struct options *o,
 		if (r < 0)
 			fail("pcap_next_ex(%s): %s", source, pcap_geterr(p));
 
-		print_packet(h, data);
+		if (!o->quiet)
+			print_packet(h, data);
 		npkts++;
 		if (o->update_filter != NULL && npkts == o->update_filter_after) {
 			set_filter(p, o->update_filter);

@@ -10,7 +10,7 @@ kernel's drop counter (seen by the client's stats) records what was lost.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from twisted.internet.interfaces import IPushProducer, IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..protocol.datachannel import PacketBatch
+from .sampling import Sampler
 from .system import CaptureError, ICaptureHandle
 
 BATCH_PACKETS = 512
@@ -46,6 +47,8 @@ class CaptureReader:
         self._reading = False
         self._stopped = False
         self.delivered = 0
+        self.sampler: Optional[Sampler] = None
+        """RPCAP sampling, applied to each batch read before the consumer frames it (L{rpcapsvc.capture.sampling})."""
 
     # IReadDescriptor
     def fileno(self) -> int:
@@ -68,7 +71,10 @@ class CaptureReader:
                 return
             self.delivered += count
             try:
-                self._on_batch(batch)
+                if self.sampler is not None:
+                    batch = self.sampler(batch)  # may keep nothing: then nothing to frame
+                if batch.records:
+                    self._on_batch(batch)
             except Exception:
                 self.log.failure("Packet consumer failed; capture stopped")
                 self._fail("internal error while forwarding packets")

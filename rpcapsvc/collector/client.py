@@ -30,7 +30,7 @@ from ..connections import SingleProtocolFactory, tls_settings_of
 from ..logtext import escaped, host_port
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket, ClassicDatagramDecoder
-from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, Received
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, ControlStreamParser, MessageTooLarge, Received
 from ..protocol.udpstr import DataStreamParser, UdpStrDecoder, is_udpstr_datagram
 from ..protocol.wire import (
     AuthReply,
@@ -41,6 +41,7 @@ from ..protocol.wire import (
     EndCaptureRequest,
     ErrorReply,
     FindAllInterfacesRequest,
+    Header,
     InterfaceInfo,
     MalformedMessage,
     Message,
@@ -60,8 +61,79 @@ from ..protocol.wire import (
 PacketCallback = Callable[[list[CapturedPacket]], None]
 
 
+MAX_UNEXPECTED = 8
+"""Messages that answer no request (or not the one asked) a session takes before it ends: a daemon ending a capture sends one error."""
+
+MAX_ERROR_PAYLOAD = 64 * 1024
+"""An error message's text: libpcap's are under 256 bytes."""
+
+MAX_SMALL_REPLY = 4 * 1024
+"""Every reply but the interface list: auth, open, startcap, stats are 16 bytes at most, the rest empty."""
+
+MAX_LINKTYPE = 0xFFFF
+"""Link types fit in 16 bits: a pcapng interface holds no more, a pcap header no more in its type bits."""
+
+
+class ProtocolBroken(MalformedMessage):
+    """The daemon broke the protocol in a way that ends the session (its message says how)."""
+
+
+class _ReplyParser(ControlStreamParser):
+    """Frames the daemon's side: each reply type bounded, so an oversized one is refused before it is buffered."""
+
+    def __init__(self, max_interface_list: int) -> None:
+        super().__init__(max_interface_list)
+
+    def limit_for(self, header: Header) -> int:
+        if header.type == MessageType.FINDALLIF_REPLY:
+            return self.max_payload
+        if header.type == MessageType.ERROR:
+            return MAX_ERROR_PAYLOAD
+        return MAX_SMALL_REPLY
+
+
+_TYPE_NAMES: dict[int, str] = {
+    MessageType.ERROR: "error message",
+    MessageType.PACKET: "packet",
+    MessageType.AUTH_REPLY: "login reply",
+    MessageType.FINDALLIF_REPLY: "list of interfaces",
+    MessageType.OPEN_REPLY: "open reply",
+    MessageType.STARTCAP_REPLY: "startcap reply",
+    MessageType.UPDATEFILTER_REPLY: "filter reply",
+    MessageType.STATS_REPLY: "stats reply",
+    MessageType.ENDCAP_REPLY: "endcap reply",
+    MessageType.SETSAMPLING_REPLY: "sampling reply",
+}
+
+
+def _type_name(message_type: int) -> str:
+    """A message type as messages name it (C{stats reply}, C{message of type 0x42})."""
+    return _TYPE_NAMES.get(message_type, f"message of type {message_type:#x}")
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _check_linktype(reply: OpenReply) -> OpenReply:
+    if not 0 <= reply.linktype <= MAX_LINKTYPE:
+        raise ProtocolBroken(
+            f"it opened the interface with link type {reply.linktype}, which is no link type"
+            " (a capture file cannot hold it)"
+        )
+    return reply
+
+
 class RpcapClientProtocol(protocol.Protocol):
-    """The client end of an RPCAP control connection."""
+    """
+    The client end of an RPCAP control connection.
+
+    Nothing the daemon sends is kept without bound: each reply type has a
+    size limit (L{_ReplyParser}), at most L{MAX_UNEXPECTED} messages that
+    answer no request are taken (errors ending a capture among them), and
+    past that, or at an oversized message, the session ends: C{broken}
+    says why, and every request waiting fails with L{ProtocolBroken}.
+    """
 
     log = Logger()
 
@@ -69,7 +141,7 @@ class RpcapClientProtocol(protocol.Protocol):
         self.active = active
         """The daemon dialled in (active mode): it must be left free to dial again, see L{close}."""
         # findalldevs replies on a host with many interfaces can be large.
-        self.parser = ControlStreamParser(max(max_payload, DEFAULT_MAX_PAYLOAD))
+        self.parser = _ReplyParser(max(max_payload, DEFAULT_MAX_PAYLOAD))
         self._waiting: deque[tuple[int, defer.Deferred[Any]]] = deque()
         self.when_connected: defer.Deferred[RpcapClientProtocol] = defer.Deferred()
         self.disconnected: defer.Deferred[None] = defer.Deferred()
@@ -79,7 +151,11 @@ class RpcapClientProtocol(protocol.Protocol):
         self.log_tag = ""
         """Who this connection is with, for its log lines: C{daemon=HOST:PORT} (a collector adds C{interface=})."""
         self.errors: list[ErrorReply] = []
-        """Errors the daemon sent that answered no request (a capture that failed)."""
+        """Errors the daemon sent that answered no request (a capture that failed); at most L{MAX_UNEXPECTED}."""
+        self.unexpected = 0
+        """Messages that answered no request, or not the one asked."""
+        self.broken: Optional[str] = None
+        """How the daemon broke the protocol, once the session has ended for it (C{it sent ...}; escaped: fit to print)."""
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -90,25 +166,55 @@ class RpcapClientProtocol(protocol.Protocol):
         self.when_connected.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.broken is not None:
+            return
         for received in self.parser.feed(data):
+            if self.broken is not None:
+                break
             self._answer(received)
-        if self.parser.broken:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _break(self, why: str) -> None:
+        """End the session: the daemon broke the protocol (C{why}); hang up at once, whatever is unsent."""
+        if self.broken is not None:
+            return
+        self.broken = why
+        self.log.warn(
+            "{tag} ending the session, the daemon broke the protocol: {why}", tag=self.log_tag, why=why
+        )
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            (abort or transport.loseConnection)()
+
+    def _unexpected(self, what: str) -> None:
+        self.unexpected += 1
+        if self.unexpected > MAX_UNEXPECTED:
+            self._break(f"it sent {self.unexpected} messages that answer no request (the last: {what})")
 
     def _answer(self, r: Received) -> None:
-        if isinstance(r.message, ErrorReply) and (not self._waiting):
-            self.log.warn(
-                "{tag} daemon reported error {code}: {text}",
-                tag=self.log_tag,
-                code=r.message.code,
-                text=escaped(r.message.text),
+        if isinstance(r.error, MessageTooLarge):
+            why = (
+                f"it sent an oversized {_type_name(r.header.type)}"
+                f" ({r.header.length} bytes; {r.error.limit} at most)"
             )
-            self.errors.append(r.message)
+            if self._waiting:
+                self._waiting.popleft()[1].errback(ProtocolBroken(why))
+            self._break(why)
+            return
+        if isinstance(r.message, ErrorReply) and (not self._waiting):
+            text = escaped(r.message.text)
+            self.log.warn(
+                "{tag} daemon reported error {code}: {text}", tag=self.log_tag, code=r.message.code, text=text
+            )
+            if len(self.errors) < MAX_UNEXPECTED:
+                self.errors.append(r.message)
+            self._unexpected(f"error {r.message.code}: {text}")
             return
         if not self._waiting:
             self.log.warn(
                 "{tag} unexpected message from the daemon: type={type}", tag=self.log_tag, type=r.header.type
             )
+            self._unexpected(f"a {_type_name(r.header.type)}")
             return
         expected, d = self._waiting.popleft()
         if r.error is not None:
@@ -116,14 +222,20 @@ class RpcapClientProtocol(protocol.Protocol):
         elif isinstance(r.message, ErrorReply):
             d.errback(RemoteError(r.message.code, r.message.text))
         elif r.header.type != expected:
-            d.errback(MalformedMessage(f"expected a reply of type {expected:#x}, got {r.header.type:#x}"))
+            d.errback(
+                ProtocolBroken(
+                    f"it answered with {_a(_type_name(r.header.type))} where {_a(_type_name(expected))} was due"
+                )
+            )
+            self._unexpected(f"a {_type_name(r.header.type)}")
         else:
             d.callback(r.message)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         waiting, self._waiting = self._waiting, deque()
+        failure = Failure(ProtocolBroken(self.broken)) if self.broken is not None else reason
         for _, d in waiting:
-            d.errback(reason)
+            d.errback(failure)
         self.disconnected.callback(None)
 
     def request(self, message: Message, reply_type: int) -> defer.Deferred[Any]:
@@ -150,7 +262,9 @@ class RpcapClientProtocol(protocol.Protocol):
         return d
 
     def open(self, device: str) -> defer.Deferred[OpenReply]:
-        return self.request(OpenRequest(device), MessageType.OPEN_REPLY)
+        d = self.request(OpenRequest(device), MessageType.OPEN_REPLY)
+        d.addCallback(_check_linktype)
+        return d
 
     def start_capture(self, request: StartCaptureRequest) -> defer.Deferred[StartCaptureReply]:
         return self.request(request, MessageType.STARTCAP_REPLY)
@@ -205,11 +319,20 @@ class RpcapClientFactory(protocol.Factory):
 
 @attrs.define
 class LossCounters:
-    """What a data channel saw go missing (UDP; over TCP, gaps in udpstr's packet numbers)."""
+    """
+    What a data channel saw go missing or refused (UDP; over TCP, gaps in
+    udpstr's packet numbers): C{lost_packets} and C{lost_datagrams} from
+    gaps in the numbers; C{resyncs}, numbers that jumped further than any
+    real loss (counted apart, not as lost); C{malformed}, datagrams or
+    packets that cannot be right (skipped); C{foreign}, datagrams from an
+    address or port other than the daemon's (never written).
+    """
 
     lost_packets: int = 0
     lost_datagrams: int = 0
     malformed: int = 0
+    foreign: int = 0
+    resyncs: int = 0
 
 
 class TcpPacketReceiver(protocol.Protocol):
@@ -235,7 +358,11 @@ class TcpPacketReceiver(protocol.Protocol):
 
     @property
     def loss(self) -> LossCounters:
-        return LossCounters(lost_packets=self.parser.lost_packets, malformed=self.parser.malformed)
+        return LossCounters(
+            lost_packets=self.parser.lost_packets,
+            malformed=self.parser.malformed,
+            resyncs=self.parser.resyncs,
+        )
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(self)
@@ -263,18 +390,38 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
     """
     Receives classic (one packet per datagram) and udpstr datagrams, telling
     them apart by their header, and counts what was lost.
+
+    Only the daemon may write into the capture: with C{allowed_host}, a
+    datagram from any other address is counted in C{foreign} and dropped,
+    and once one from that address has decoded cleanly, its source port is
+    the daemon's and datagrams from any other port are foreign too.  (The
+    socket is not C{connect}ed: the kernel would drop foreign datagrams
+    uncounted, and the daemon's port is not known until it sends.)
+
+    A udpstr datagram held after a gap (see L{UdpStrDecoder}) is released
+    after C{hold_seconds} with no datagram to confirm it, when a C{clock}
+    is given.
     """
 
     noisy = False
+    hold_seconds = 0.5
 
-    def __init__(self, on_packets: PacketCallback, allowed_host: Optional[str] = None) -> None:
+    def __init__(
+        self, on_packets: PacketCallback, allowed_host: Optional[str] = None, clock: Optional[Any] = None
+    ) -> None:
         self.on_packets = on_packets
         self.allowed_host = allowed_host
+        self.daemon_port: Optional[int] = None
+        """The daemon's source port, once its first clean datagram has fixed it."""
+        self.clock = clock
         self.udpstr = UdpStrDecoder()
         self.classic = ClassicDatagramDecoder()
         self.datagrams = 0
+        self.foreign = 0
+        """Datagrams from anyone but the daemon: dropped."""
         self.packets = 0
         """Packets decoded and delivered."""
+        self._release: Optional[Any] = None
 
     @property
     def loss(self) -> LossCounters:
@@ -282,17 +429,39 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
             self.classic.lost_packets + self.udpstr.lost_packets,
             self.udpstr.lost_datagrams,
             self.classic.malformed + self.udpstr.malformed,
+            self.foreign,
+            self.classic.resyncs + self.udpstr.resyncs,
         )
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if self.allowed_host is not None and addr[0] != self.allowed_host:
-            return  # not from the daemon we are capturing from
+        if self.allowed_host is not None:
+            if addr[0] != self.allowed_host or (self.daemon_port is not None and addr[1] != self.daemon_port):
+                self.foreign += 1
+                return
         self.datagrams += 1
         decoder = self.udpstr if is_udpstr_datagram(datagram) else self.classic
+        malformed = decoder.malformed
         packets = decoder.feed(datagram)
+        if self.allowed_host is not None and self.daemon_port is None and decoder.malformed == malformed:
+            self.daemon_port = addr[1]
+        self._deliver(packets)
+        if self.clock is not None and self._release is None and self.udpstr.holding:
+            self._release = self.clock.callLater(self.hold_seconds, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release = None
+        self._deliver(self.udpstr.release_held())
+
+    def _deliver(self, packets: list[CapturedPacket]) -> None:
         if packets:
             self.packets += len(packets)
             self.on_packets(packets)
+
+    def stop(self) -> None:
+        """No more datagrams will be read: cancel the release of a held one."""
+        if self._release is not None and self._release.active():
+            self._release.cancel()
+        self._release = None
 
 
 # --- a whole capture ---------------------------------------------------------------
@@ -357,6 +526,8 @@ class RemoteCapture:
         return stats
 
     def close_data(self) -> None:
+        if isinstance(self.receiver, DatagramPacketReceiver):
+            self.receiver.stop()
         if self.port is not None:
             self.port.stopListening()
             self.port = None
@@ -391,7 +562,7 @@ async def start_capture(
         )
 
     if settings.udp:
-        dgram = DatagramPacketReceiver(on_packets, allowed_host=client.peer_host)
+        dgram = DatagramPacketReceiver(on_packets, allowed_host=client.peer_host, clock=reactor)
         port = reactor.listenUDP(0, dgram, interface=local, maxPacketSize=65535)
         try:
             await client.start_capture(request(StartCapFlags.DGRAM, port.getHost().port))
@@ -425,6 +596,7 @@ __all__ = [
     "CaptureSettings",
     "DatagramPacketReceiver",
     "LossCounters",
+    "ProtocolBroken",
     "RemoteCapture",
     "RpcapClientFactory",
     "RpcapClientProtocol",

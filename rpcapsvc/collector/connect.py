@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Sequence, 
 
 import attrs
 
+from ..logtext import escaped
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IStreamClientEndpoint
@@ -205,7 +207,7 @@ class Daemon:
         """The daemon's refusal of a request: a password it wants, a wrong one, TLS it requires, this host."""
         from ..protocol.wire import ErrorCode
 
-        said = f"{error.text} (error {error.code})"
+        said = f"{escaped(error.text)} (error {error.code})"
         daemon = self.name
         if error.code in (ErrorCode.AUTH, ErrorCode.AUTH_FAILED, ErrorCode.AUTH_TYPE_NOTSUP):
             if not self.user:
@@ -244,9 +246,12 @@ class Daemon:
         from twisted.internet.error import ConnectionDone, ConnectionLost
 
         from ..protocol.wire import RemoteError, RpcapError
+        from .client import ProtocolBroken
 
         if is_tls_error(error):
             return self.tls_failed(error)
+        if isinstance(error, ProtocolBroken) or (client is not None and client.broken is not None):
+            return self.broke_protocol(error, client)
         if client is not None and client.errors:
             first = client.errors[0]
             return self.refused(RemoteError(first.code, first.text))
@@ -261,8 +266,13 @@ class Daemon:
                 return f"{self.address} {what} without answering: if the daemon listens with TLS, {with_tls}"
             return f"{self.address} {what} without answering"
         if isinstance(error, RpcapError):
-            return f"{self.name} sent something that is not RPCAP: {error}"
-        return f"{self.name}: {error}"
+            return f"{self.name} sent something that is not RPCAP: {escaped(str(error))}"
+        return f"{self.name}: {escaped(str(error))}"
+
+    def broke_protocol(self, error: BaseException, client: Optional[RpcapClientProtocol] = None) -> str:
+        """The daemon broke the protocol (L{ProtocolBroken}): what it did."""
+        why = client.broken if client is not None and client.broken is not None else str(error)
+        return f"{self.name} broke the protocol: {why}"
 
     def not_started(
         self,
@@ -288,9 +298,9 @@ class Daemon:
         if isinstance(error, ValueError):  # the filter, compiled here for the daemon's link type
             return f"{error} (man pcap-filter gives the syntax)"
         if isinstance(error, RemoteError):
-            said = f"{error.text} (error {error.code})"
+            said = f"{escaped(error.text)} (error {error.code})"
             if error.code == ErrorCode.OPEN:
-                names = ", ".join(i.name for i in interfaces) or "none"
+                names = interface_names(interfaces)
                 more = f"; {no_such_interface}" if no_such_interface else ""
                 return f"{daemon} cannot open {device}: {said}; its interfaces: {names}{more}"
             if error.code == ErrorCode.STARTCAPTURE:
@@ -356,4 +366,15 @@ def data_channel_trouble(capture: RemoteCapture) -> Optional[str]:
 
 def ended_by(daemon: str, error: ErrorReply) -> str:
     """The line for a capture the daemon ended itself, with the error it sent."""
-    return f"{daemon} ended the capture: {error.text} (error {error.code})"
+    return f"{daemon} ended the capture: {escaped(error.text)} (error {error.code})"
+
+
+NAMES_SHOWN = 20
+"""Interfaces named in a message that lists them; the rest are counted."""
+
+
+def interface_names(interfaces: Sequence[InterfaceInfo]) -> str:
+    """The daemon's interfaces, escaped, the first L{NAMES_SHOWN} of them by name."""
+    names = [escaped(i.name, 64) for i in interfaces[:NAMES_SHOWN]]
+    more = len(interfaces) - NAMES_SHOWN
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "none"

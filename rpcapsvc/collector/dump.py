@@ -33,6 +33,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from .. import __version__
+from ..logtext import escaped
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
 from ..protocol.wire import (
@@ -54,6 +55,7 @@ from ..protocol.wire import (
 )
 from .client import (
     CaptureSettings,
+    ProtocolBroken,
     RemoteCapture,
     RpcapClientFactory,
     RpcapClientProtocol,
@@ -83,6 +85,7 @@ EXIT_USAGE = 2
 EXIT_DATA_CHANNEL = 3
 EXIT_VANISHED = 4
 EXIT_DAEMON_ENDED = 5
+EXIT_PROTOCOL = 6
 EXIT_SIGNAL_BASE = 128
 """Interrupted before the capture started: 128 + the signal's number (130 for SIGINT), as a shell reports it."""
 
@@ -95,7 +98,15 @@ EXIT_CODES = {
     EXIT_DATA_CHANNEL: "the data channel could not be read",
     EXIT_VANISHED: "the daemon vanished mid-capture (its connection closed or was lost, or it stopped answering)",
     EXIT_DAEMON_ENDED: "the daemon ended the capture itself (an error it reported, or it closed the data connection)",
+    EXIT_PROTOCOL: "the daemon broke the protocol (a reply too large for its kind, a flood of messages that"
+    " answer no request, a link type no capture file can hold); the file so far is complete",
 }
+
+MAX_INTERFACE_NAME = 1024
+"""Bytes of an interface name the daemon lists that rpcap-dump opens by default (Linux allows 15, Windows about 50)."""
+
+SIGNAL_GRACE = 0.5
+"""Seconds a capture ended by Ctrl-C or SIGTERM waits for the daemon's last counters and endcap, together."""
 
 _T = TypeVar("_T")
 
@@ -134,6 +145,12 @@ class Interrupted(DumpError):
         how = "interrupted by Ctrl-C (SIGINT)" if signame == "SIGINT" else f"stopped by {signame}"
         super().__init__(f"{how} {waiting_for}; nothing captured")
         self.code = EXIT_SIGNAL_BASE + int(getattr(signal.Signals, signame, signal.SIGTERM))
+
+
+class ProtocolError(DumpError):
+    """The daemon broke the protocol: exit status 6."""
+
+    code = EXIT_PROTOCOL
 
 
 class NoReply(Exception):
@@ -550,8 +567,9 @@ class DumpClient(RpcapClientProtocol):
             self.first_bytes += data[: 8 - len(self.first_bytes)]
         before = len(self.errors)
         super().dataReceived(data)
-        if self.on_error is not None:
-            for error in self.errors[before:]:
+        for error in self.errors[before:]:
+            # Heard one by one: the first may end the capture, and stop the hearing.
+            if self.on_error is not None:
                 self.on_error(error)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -654,6 +672,10 @@ def _silent(error: NoReply) -> Ending:
         f"the daemon stopped answering mid-capture: no reply to a {error.what} within {error.seconds:g} s",
         "vanished",
     )
+
+
+def _broke_protocol(why: str) -> Ending:
+    return Ending(EXIT_PROTOCOL, f"the daemon broke the protocol: {why}", "broken")
 
 
 def _daemon_ended(error: ErrorReply) -> Ending:
@@ -917,6 +939,16 @@ class Dump:
         line = f"{self.packets} packets captured, {self.drops} dropped by the daemon's kernel"
         if self.args.udp and self.capture is not None:
             line += f", {self.capture.loss.lost_packets} lost in transit"
+        if self.capture is not None:
+            # What the data channel refused; said only when it happened.
+            loss = self.capture.loss
+            for count, what in (
+                (loss.foreign, "datagrams from another host or port dropped"),
+                (loss.malformed, "malformed skipped"),
+                (loss.resyncs, "packet-number resyncs"),
+            ):
+                if count:
+                    line += f", {count} {what}"
         return line
 
 
@@ -1025,7 +1057,7 @@ class Run:
         except RemoteError as e:
             raise DumpError(self._peer().refused(e)) from None
         except NoReply as e:
-            if args.active:
+            if args.active or e.what != "login":
                 raise DumpError(f"{e} (--timeout to wait longer)") from None
             raise DumpError(self._peer().silent(e.seconds)) from None
         except Exception as e:
@@ -1035,9 +1067,10 @@ class Run:
             for n, iface in enumerate(interfaces, 1):
                 flags = InterfaceFlags(iface.flags)
                 state = "Up" if InterfaceFlags.UP in flags else "Down"
-                desc = f" ({iface.description})" if iface.description else ""
-                addrs = ", ".join(str(a.address) for a in iface.addresses)
-                sys.stdout.write(f"{n}.{iface.name}{desc} [{state}]{' ' + addrs if addrs else ''}\n")
+                # The daemon's words, as tcpdump -D would print them: no escape sequence reaches the terminal.
+                desc = f" ({escaped(iface.description)})" if iface.description else ""
+                addrs = ", ".join(escaped(str(a.address)) for a in iface.addresses)
+                sys.stdout.write(f"{n}.{escaped(iface.name)}{desc} [{state}]{' ' + addrs if addrs else ''}\n")
             try:
                 sys.stdout.flush()
             except BrokenPipeError:
@@ -1049,6 +1082,12 @@ class Run:
             if not interfaces:
                 raise DumpError(f"{self._peer().name} lists no interfaces: name one with -i")
             interface = interfaces[0].name  # a preselected interface is listed first
+            if len(interface.encode("utf-8", "surrogateescape")) > MAX_INTERFACE_NAME:
+                raise ProtocolError(
+                    f"{self._peer().name} broke the protocol: its first interface has a name of"
+                    f" {len(interface.encode('utf-8', 'surrogateescape'))} bytes, longer than any system's"
+                    f" ({MAX_INTERFACE_NAME} at most); name the interface with -i"
+                )
         settings = CaptureSettings(
             interface,
             snaplen=args.snaplen,
@@ -1121,7 +1160,10 @@ class Run:
     def _gone_before_capture(self, e: BaseException) -> DumpError:
         """Why the control connection failed before the capture started."""
         client = self.client
-        return DumpError(self._peer().gone(e, client, client is not None and client.spoke_tls))
+        why = self._peer().gone(e, client, client is not None and client.spoke_tls)
+        if isinstance(e, ProtocolBroken) or (client is not None and client.broken is not None):
+            return ProtocolError(why)
+        return DumpError(why)
 
     async def _start(
         self, client: DumpClient, settings: CaptureSettings, interfaces: tuple[InterfaceInfo, ...]
@@ -1174,7 +1216,7 @@ class Run:
             )
             dump.interface_id = out.add_interface(interface, capture.linktype, args.snaplen, url)
         self.dump = dump
-        self.say(f"capturing on {interface} (link type {capture.linktype})")
+        self.say(f"capturing on {escaped(interface)} (link type {capture.linktype})")
         if self.interrupted:
             dump.end(_signal_ending(self.interrupted))
         early, self._early = self._early, []
@@ -1187,7 +1229,11 @@ class Run:
         poller = task.LoopingCall(lambda: defer.ensureDeferred(dump.poll()))
         poller.clock = self.reactor
         poller.start(2.0, now=False)
-        client.disconnected.addCallback(lambda _: dump.end(_vanished(client.lost_reason)))
+        client.disconnected.addCallback(
+            lambda _: dump.end(
+                _broke_protocol(client.broken) if client.broken is not None else _vanished(client.lost_reason)
+            )
+        )
         client.on_error = lambda error: dump.end(_daemon_ended(error))
         if capture.data_lost is not None:
             capture.data_lost.addCallback(lambda _: dump.end(DATA_CLOSED))
@@ -1216,8 +1262,19 @@ class Run:
             self.dump.tick()
 
     async def _stop(self, capture: RemoteCapture) -> Union[StatsReply, Exception]:
-        """End the capture at the daemon (L{stop_at_daemon}), each reply awaited as L{wait} does."""
-        return await stop_at_daemon(capture, lambda d, what: self.wait(d, f"while waiting for {what}"))
+        """
+        End the capture at the daemon (L{stop_at_daemon}), each reply awaited
+        as L{wait} does; after Ctrl-C or SIGTERM, both within L{SIGNAL_GRACE}
+        seconds, so a daemon that never answers cannot hold the user.
+        """
+        give_up_at = self.reactor.seconds() + SIGNAL_GRACE
+
+        def wait(d: defer.Deferred[Any], what: str) -> Any:
+            if self.interrupted:
+                d.addTimeout(max(0.0, give_up_at - self.reactor.seconds()), self.reactor)
+            return self.wait(d, f"while waiting for {what}")
+
+        return await stop_at_daemon(capture, wait)
 
     async def _finish(self, client: DumpClient, capture: RemoteCapture, dump: Dump, ending: Ending) -> Ending:
         """The capture is over: end it at the daemon, finish the output, say the summary; the ending, as now known."""

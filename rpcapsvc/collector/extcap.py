@@ -52,6 +52,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequenc
 import attrs
 
 from .. import __version__
+from ..logtext import escaped
 from .connect import (
     Advice,
     Daemon,
@@ -113,12 +114,19 @@ class ExtcapError(Exception):
 # --- what Wireshark reads: sentences -------------------------------------------------------
 
 
+SENTENCE_VALUE_LIMIT = 4096
+"""Bytes of one value in a sentence; a daemon's words are cut shorter where they come in (L{escaped})."""
+
+
 def _clean(value: object) -> str:
-    """A value as a sentence may hold it: no braces (they end fields), one line."""
+    """
+    A value as a sentence may hold it: printable ASCII on one line (the
+    rest escaped, as tcpdump prints), no braces (they end fields).
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value)
-    for old, new in (("{", "("), ("}", ")"), ("\r", " "), ("\n", " ")):
+    text = escaped(str(value), SENTENCE_VALUE_LIMIT)
+    for old, new in (("{", "("), ("}", ")")):
         text = text.replace(old, new)
     return text
 
@@ -341,9 +349,9 @@ def describe_interface(info: InterfaceInfo) -> str:
     from ..protocol.wire import InterfaceFlags
 
     state = "Up" if InterfaceFlags.UP in InterfaceFlags(info.flags) else "Down"
-    description = f" ({info.description})" if info.description else ""
-    addresses = " ".join(str(a.address) for a in info.addresses)
-    return f"{info.name}{description} [{state}]" + (f" {addresses}" if addresses else "")
+    description = f" ({escaped(info.description)})" if info.description else ""
+    addresses = " ".join(escaped(str(a.address)) for a in info.addresses)
+    return f"{escaped(info.name)}{description} [{state}]" + (f" {addresses}" if addresses else "")
 
 
 def interface_values(interface: str, found: Sequence[InterfaceInfo]) -> list[str]:
@@ -353,7 +361,7 @@ def interface_values(interface: str, found: Sequence[InterfaceInfo]) -> list[str
         sentence(
             "value",
             ("arg", number),
-            ("value", info.name),
+            ("value", escaped(info.name)),
             ("display", describe_interface(info)),
             ("default", True if n == 0 else None),
         )
@@ -610,7 +618,7 @@ async def find_interfaces(
     except ExtcapError:
         raise
     except Exception as e:
-        raise ExtcapError(f"{daemon.name} closed the connection ({e})") from None
+        raise ExtcapError(daemon.gone(e, client)) from None
 
 
 async def lookup_interfaces(reactor: Any, args: argparse.Namespace) -> tuple[InterfaceInfo, ...]:
@@ -962,11 +970,11 @@ class Capture:
         self._write(lambda: self.out.write_packets(self.interface_id, early))  # type: ignore[union-attr,arg-type]
         how = "UDP" if args.udp else "TCP"
         self.control.log(
-            f"capturing {device} of {daemon.name} (link type {capture.linktype}, packets over {how})"
+            f"capturing {escaped(device)} of {daemon.name} (link type {capture.linktype}, packets over {how})"
         )
         if settings.filter:
             self.control.log(f"filter: {settings.filter}")
-        self.control.status(f"rpcap: capturing {device} of {host}")
+        self.control.status(f"rpcap: capturing {escaped(device)} of {host}")
 
         client.disconnected.addCallback(
             lambda _: self.end(self._cut_short(daemon, "closed the connection mid-capture"))
@@ -1022,7 +1030,7 @@ class Capture:
         from twisted.internet import defer
 
         from ..protocol.wire import RemoteError
-        from .client import start_capture
+        from .client import ProtocolBroken, start_capture
 
         starting = defer.ensureDeferred(
             start_capture(
@@ -1044,15 +1052,21 @@ class Capture:
             why = daemon.not_started(e, settings.device, interfaces, CONNECT_TIMEOUT)
             if why is not None:
                 raise ExtcapError(why, EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAILED) from None
+            if isinstance(e, ProtocolBroken) or client.broken is not None:
+                raise ExtcapError(daemon.broke_protocol(e, client)) from None
             if client.errors:
                 error = client.errors[0]
                 raise ExtcapError(daemon.refused(RemoteError(error.code, error.text))) from None
             raise ExtcapError(
-                f"{daemon.name} closed the connection before the capture started ({e})"
+                f"{daemon.name} closed the connection before the capture started ({escaped(str(e))})"
             ) from None
 
     def _cut_short(self, daemon: Daemon, what: str) -> Ending:
-        """The daemon ended the capture: with the error it sent, if it sent one."""
+        """The daemon ended the capture: how it broke the protocol, or the error it sent, if it did."""
+        from .client import ProtocolBroken
+
+        if self.client is not None and self.client.broken is not None:
+            return Ending(EXIT_FAILED, daemon.broke_protocol(ProtocolBroken(self.client.broken), self.client))
         if self.client is not None and self.client.errors:
             return Ending(EXIT_FAILED, ended_by(daemon.name, self.client.errors[-1]))
         return Ending(EXIT_FAILED, f"{daemon.name} {what}")

@@ -15,7 +15,9 @@ holds only interfaces that share a link type.
 
 L{RotatingCaptureFiles} writes a series of such files, each complete on its
 own, starting the next when one grows past a size or has been open too long,
-and keeps at most a number of them (a ring buffer).
+and keeps at most a number of them (a ring buffer).  A L{DirectoryBudget}
+shared by every series of a collector bounds the whole directory, whatever
+series daemons make up: files per daemon, files in all, bytes in all.
 
 The blocks are written with C{struct} rather than a library.  Both candidates
 were measured writing 100,000 64-byte packets to a C{BytesIO}
@@ -273,10 +275,8 @@ class CaptureFileWriter:
         self._check_open()
         if not 0 <= snaplen <= _U32:
             raise ValueError(f"snaplen {snaplen} does not fit in 32 bits")
-        if self._format == "pcapng":
-            if not 0 <= linktype <= 0xFFFF:
-                raise ValueError(f"link type {linktype} does not fit in pcapng's 16 bits")
-        else:
+        check_linktype(linktype)
+        if self._format != "pcapng":
             self._check_pcap_interface(name, linktype, snaplen)
         info = InterfaceInfo(
             name,
@@ -311,7 +311,11 @@ class CaptureFileWriter:
         """
         Write a batch of packets captured on interface C{interface_id} and
         flush the stream.  Each packet's bytes are written as they are, with
-        C{packet.length} as its original length.
+        C{packet.length} as its original length, except that a file never
+        holds what its header does not promise: bytes past the snaplen the
+        header gives (the interface's in pcapng, the file's in pcap; a
+        daemon should not send them) are cut off, and the original length
+        is never less than what is written.
         """
         self._check_open()
         if not 0 <= interface_id < len(self._interfaces):
@@ -320,25 +324,34 @@ class CaptureFileWriter:
         append = parts.append
         count = 0
         if self._format == "pcapng":
+            # An IDB snaplen of 0 means no limit (RFC 9708's pcapng).
+            limit = self._interfaces[interface_id].snaplen or _U32
             head = _EPB_HEAD.pack
             tail = _U32_LE.pack
             padding = _PADDING
             for packet in packets:
                 data = packet.data
+                if len(data) > limit:
+                    data = data[:limit]
                 caplen = len(data)
                 total = _EPB_OVERHEAD + caplen + (-caplen & 3)
                 usec = packet.ts_sec * _USEC + packet.ts_usec
-                append(head(_BLOCK_EPB, total, interface_id, usec >> 32, usec & _U32, caplen, packet.length))
+                length = packet.length if packet.length >= caplen else caplen
+                append(head(_BLOCK_EPB, total, interface_id, usec >> 32, usec & _U32, caplen, length & _U32))
                 append(data)
                 append(padding[caplen & 3] + tail(total))
                 count += 1
         else:
             if not self._pcap_header_written:
                 append(self._pcap_header())
+            limit = self._pcap_snaplen() or _U32
             record = _PCAP_RECORD.pack
             for packet in packets:
                 data = packet.data
-                append(record(packet.ts_sec, packet.ts_usec, len(data), packet.length))
+                if len(data) > limit:
+                    data = data[:limit]
+                length = packet.length if packet.length >= len(data) else len(data)
+                append(record(packet.ts_sec, packet.ts_usec, len(data), length & _U32))
                 append(data)
                 count += 1
         if parts:
@@ -412,6 +425,138 @@ class CaptureFileWriter:
             raise ValueError("the capture file is closed")
 
 
+class UnsupportedLinkType(ValueError):
+    """A link type no capture file can hold (negative, or past the 16 bits pcap and pcapng give it)."""
+
+    def __init__(self, linktype: int) -> None:
+        super().__init__(
+            f"link type {linktype} cannot be written to a capture file"
+            " (pcap and pcapng hold 0 to 65535): the daemon sent a link type that is not one"
+        )
+        self.linktype = linktype
+
+
+def check_linktype(linktype: int) -> None:
+    """
+    Refuse a link type no capture file can hold; call it before a file is
+    made, so a capture that cannot be written leaves no empty file behind.
+
+    @raise UnsupportedLinkType: not 0 to 65535.
+    """
+    if not 0 <= linktype <= 0xFFFF:
+        raise UnsupportedLinkType(linktype)
+
+
+@attrs.define(eq=False)
+class _KeptFile:
+    path: str
+    owner: str
+    history: FileHistory
+    size: int = 0
+    open: bool = True
+
+
+class DirectoryBudget:
+    """
+    Bounds the files a collector keeps, across all its series: at most
+    C{max_files_per_owner} files of one owner (a daemon's address), at most
+    C{max_files} and C{max_bytes} in all.  Over a bound, the oldest closed
+    file of the owner holding the most (files, or bytes for C{max_bytes})
+    is deleted, so a daemon that makes up interface names, or sends more
+    than its share, loses its own files first.  A file being written is
+    never deleted: with C{max_bytes}, rotation (by size or time) is what
+    lets the budget hold.
+    """
+
+    def __init__(
+        self,
+        max_files_per_owner: Optional[int] = None,
+        max_files: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+    ) -> None:
+        self.max_files_per_owner = max_files_per_owner
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._files: dict[str, _KeptFile] = {}
+        """Every file kept, oldest first."""
+        self.total_bytes = 0
+        self.deleted = 0
+        """Files deleted to keep within the budget (metrics)."""
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def opened(self, path: str, owner: str, history: FileHistory) -> None:
+        self._files[path] = _KeptFile(path, owner, history)
+        self.enforce()
+
+    def grown(self, path: str, size: int) -> None:
+        """The file at C{path} now holds C{size} bytes."""
+        kept = self._files.get(path)
+        if kept is not None:
+            self.total_bytes += size - kept.size
+            kept.size = size
+            if self.max_bytes is not None and self.total_bytes > self.max_bytes:
+                self.enforce()
+
+    def closed(self, path: str, size: int) -> None:
+        kept = self._files.get(path)
+        if kept is not None:
+            kept.open = False
+        self.grown(path, size)
+        self.enforce()
+
+    def forget(self, path: str) -> None:
+        """The file was deleted by its own series' C{max_files}."""
+        kept = self._files.pop(path, None)
+        if kept is not None:
+            self.total_bytes -= kept.size
+
+    def enforce(self) -> None:
+        while True:
+            victim = self._victim()
+            if victim is None:
+                return
+            self._delete(victim)
+
+    def _victim(self) -> Optional[tuple[_KeptFile, str]]:
+        """The file to delete next and why, if a bound is exceeded and a closed file can go."""
+        files_of: dict[str, int] = {}
+        bytes_of: dict[str, int] = {}
+        oldest_closed: dict[str, _KeptFile] = {}
+        for kept in self._files.values():
+            files_of[kept.owner] = files_of.get(kept.owner, 0) + 1
+            bytes_of[kept.owner] = bytes_of.get(kept.owner, 0) + kept.size
+            if not kept.open and kept.owner not in oldest_closed:
+                oldest_closed[kept.owner] = kept
+        if not oldest_closed:
+            return None
+        if self.max_files_per_owner is not None:
+            over = [o for o in oldest_closed if files_of[o] > self.max_files_per_owner]
+            if over:
+                owner = max(over, key=lambda o: files_of[o])
+                return oldest_closed[owner], f"max_daemon_files={self.max_files_per_owner}"
+        if self.max_files is not None and len(self._files) > self.max_files:
+            owner = max(oldest_closed, key=lambda o: files_of[o])
+            return oldest_closed[owner], f"max_total_files={self.max_files}"
+        if self.max_bytes is not None and self.total_bytes > self.max_bytes:
+            owner = max(oldest_closed, key=lambda o: bytes_of[o])
+            return oldest_closed[owner], f"max_size={self.max_bytes}"
+        return None
+
+    def _delete(self, victim: tuple[_KeptFile, str]) -> None:
+        kept, why = victim
+        self.forget(kept.path)
+        if kept.path in kept.history.paths:
+            kept.history.paths.remove(kept.path)
+        try:
+            os.remove(kept.path)
+        except FileNotFoundError:
+            pass
+        self.deleted += 1
+        log.info("Deleted capture file {path}: {why}", path=kept.path, why=why)
+
+
 @attrs.define
 class FileHistory:
     """
@@ -443,6 +588,9 @@ class RotatingCaptureFiles:
     C{name}, if given, names the files instead: it is called with the time
     a file is opened and its sequence number (1, 2, ...; a number whose
     file exists already is passed over) and returns the path.
+
+    C{budget}, shared by the writers of a collector, bounds every series
+    together; C{owner} is whose files these are for it (the daemon).
     """
 
     def __init__(
@@ -456,6 +604,8 @@ class RotatingCaptureFiles:
         max_files: Optional[int] = None,
         history: Optional[FileHistory] = None,
         name: Optional[Callable[[float, int], str]] = None,
+        budget: Optional[DirectoryBudget] = None,
+        owner: str = "",
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown capture file format {format!r}: choose from {', '.join(FORMATS)}")
@@ -469,6 +619,8 @@ class RotatingCaptureFiles:
         self._clock = clock
         self._max_files = max_files
         self._name = name
+        self._budget = budget
+        self._owner = owner
         self._interfaces: list[InterfaceInfo] = []
         self._stats: dict[int, InterfaceStats] = {}
         self._history = history if history is not None else FileHistory()
@@ -523,6 +675,8 @@ class RotatingCaptureFiles:
     def tick(self) -> None:
         """Start the next file if the current one is due to end."""
         self._check_open()
+        if self._budget is not None:
+            self._budget.grown(self._mine[-1], self._writer.bytes_written)
         if self._due():
             self._rotate()
 
@@ -536,6 +690,8 @@ class RotatingCaptureFiles:
         self._closed = True
         self._writer.close()
         self._history.open.discard(self._mine[-1])
+        if self._budget is not None:
+            self._budget.closed(self._mine[-1], self._writer.bytes_written)
         self._prune()
 
     def rotate(self) -> None:
@@ -553,6 +709,8 @@ class RotatingCaptureFiles:
         old = self._writer
         old.close()
         self._history.open.discard(self._mine[-1])
+        if self._budget is not None:
+            self._budget.closed(self._mine[-1], old.bytes_written)
         log.info(
             "Capture file {path} done: packets={packets} bytes={size}",
             path=self._mine[-1],
@@ -590,7 +748,11 @@ class RotatingCaptureFiles:
         self.files_opened += 1
         self._history.paths.append(path)
         self._history.open.add(path)
-        return CaptureFileWriter(stream, self._format, clock=self._clock), now
+        writer = CaptureFileWriter(stream, self._format, clock=self._clock)
+        if self._budget is not None:
+            self._budget.opened(path, self._owner, self._history)
+            self._budget.grown(path, writer.bytes_written)
+        return writer, now
 
     def _prune(self) -> None:
         if self._max_files is None:
@@ -602,6 +764,8 @@ class RotatingCaptureFiles:
                 return
             oldest = closed[0]
             history.paths.remove(oldest)
+            if self._budget is not None:
+                self._budget.forget(oldest)
             try:
                 os.remove(oldest)
             except FileNotFoundError:

@@ -130,15 +130,37 @@ def encode_packet_records(batch: PacketBatch, snaplen: int, first_npkt: int) -> 
     return b"".join(parts)
 
 
+def implausible_lengths(caplen: int, length: int) -> Optional[str]:
+    """
+    Why a packet header's lengths cannot come from a capture (C{None} if
+    they can): more bytes captured than the packet had, or more than any
+    snaplen.  A daemon never sends such a packet; a file holding one is
+    refused by tcpdump, so it is counted as malformed and skipped.
+    """
+    if caplen > MAXIMUM_SNAPLEN:
+        return f"caplen {caplen} is over the largest snaplen, {MAXIMUM_SNAPLEN}"
+    if caplen > length:
+        return f"caplen {caplen} is more than the packet's length, {length}"
+    return None
+
+
 def decode_packet_payload(payload: bytes) -> CapturedPacket:
-    """Decode the payload of one type-7 message."""
+    """
+    Decode the payload of one type-7 message.
+
+    @raise MalformedMessage: a header cut short, a caplen past the payload's
+        end, or lengths no capture has (L{implausible_lengths}).
+    """
     if len(payload) < PKTHDR_SIZE:
         raise MalformedMessage("packet header is truncated")
     sec, usec, caplen, length, npkt = PKTHDR.unpack_from(payload)
-    body = payload[PKTHDR_SIZE : PKTHDR_SIZE + caplen]
-    if len(body) != caplen:
+    why = implausible_lengths(caplen, length)
+    if why is not None:
+        raise MalformedMessage(why)
+    # Checked before slicing: nothing is sized from the peer's caplen.
+    if PKTHDR_SIZE + caplen > len(payload):
         raise MalformedMessage("packet data is shorter than its caplen")
-    return CapturedPacket(sec, usec, caplen, length, npkt, body)
+    return CapturedPacket(sec, usec, caplen, length, npkt, payload[PKTHDR_SIZE : PKTHDR_SIZE + caplen])
 
 
 def iter_packet_messages(stream: bytes) -> Iterator[CapturedPacket]:
@@ -196,16 +218,77 @@ class PacketStreamParser:
         return packets
 
 
+SEQUENCE_WINDOW = 1 << 16
+"""
+How far a packet (or udpstr datagram) number may run ahead of the one
+expected and still count the ones between as lost: 65,536 packets are 65 ms
+of a million packets a second, far more than a real burst of loss on a path
+that works.  A jump further than that (either way) is not loss but a
+number that cannot be trusted, a restarted sender or a forgery: it counts as
+a resynchronisation, so one forged number cannot add 2**31 to a counter.
+"""
+
+
+class PacketSequence:
+    """
+    Follows a u32 sequence (wrapping) of packet or datagram numbers and
+    counts what it says: C{lost} for the numbers skipped by a step ahead
+    within L{SEQUENCE_WINDOW}; C{late} for numbers at most a window behind
+    (late or repeated); C{resyncs} for jumps beyond the window.  A lone
+    jump does not move the expected number, so the numbers that follow it
+    as before are neither lost nor late; a second number that continues
+    the jump confirms it, and the sequence goes on from there.
+    """
+
+    def __init__(self, first: int = 1, window: int = SEQUENCE_WINDOW) -> None:
+        self.expected = first & _U32
+        self.window = window
+        self.lost = 0
+        self.late = 0
+        self.resyncs = 0
+        self._jumped_to: Optional[int] = None  # the number that would confirm the last jump
+
+    def see(self, number: int) -> bool:
+        """
+        Take C{number}; whether it is in sequence (the expected one, one
+        ahead within the window, or one confirming a jump).
+        """
+        ahead = (number - self.expected) & _U32
+        if ahead < self.window:
+            self.lost += ahead
+        elif ahead > _U32 - self.window:
+            self.late += 1
+            return False
+        elif number == self._jumped_to:
+            pass  # the jump was real: follow it (counted when it came)
+        else:
+            self.resyncs += 1
+            self._jumped_to = (number + 1) & _U32
+            return False
+        self.expected = (number + 1) & _U32
+        self._jumped_to = None
+        return True
+
+
 class ClassicDatagramDecoder:
     """
     Decodes classic UDP data datagrams (one type-7 message each) and counts
-    the packets lost in transit from the gaps in their numbers (u32, wrapping).
+    the packets lost in transit from the gaps in their numbers (u32,
+    wrapping, see L{PacketSequence}).  Every well-formed packet is
+    delivered, late or not: one datagram is one whole packet.
     """
 
     def __init__(self) -> None:
-        self.lost_packets = 0
+        self.sequence = PacketSequence()
         self.malformed = 0
-        self._next_npkt = 1
+
+    @property
+    def lost_packets(self) -> int:
+        return self.sequence.lost
+
+    @property
+    def resyncs(self) -> int:
+        return self.sequence.resyncs
 
     def feed(self, datagram: bytes) -> list[CapturedPacket]:
         if len(datagram) < HEADER_SIZE or datagram[1] != MessageType.PACKET:
@@ -216,8 +299,5 @@ class ClassicDatagramDecoder:
         except MalformedMessage:
             self.malformed += 1
             return []
-        ahead = (packet.npkt - self._next_npkt) & _U32
-        if ahead < 1 << 31:  # this one or a later one: the ones between are lost
-            self.lost_packets += ahead
-            self._next_npkt = (packet.npkt + 1) & _U32
+        self.sequence.see(packet.npkt)
         return [packet]

@@ -84,6 +84,10 @@ class ControlStreamParser:
         out.append(Received(error.header, None, error))
         return out
 
+    def limit_for(self, header: Header) -> int:
+        """The most payload a message with this header may carry (a client bounds each reply type)."""
+        return self.max_payload
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)
@@ -102,8 +106,9 @@ class ControlStreamParser:
         out: list[Received] = []
         while len(self._buffer) >= HEADER_SIZE:
             header = Header(*HEADER.unpack_from(self._buffer))
-            if header.length > self.max_payload:
-                return self._break(out, MessageTooLarge(header, self.max_payload))
+            limit = self.limit_for(header)
+            if header.length > limit:
+                return self._break(out, MessageTooLarge(header, limit))
             end = HEADER_SIZE + header.length
             if len(self._buffer) < end:
                 break

@@ -48,10 +48,13 @@ from .datachannel import (
     BATCH_RECORD,
     PKTHDR,
     PKTHDR_SIZE,
+    SEQUENCE_WINDOW,
     CapturedPacket,
     PacketBatch,
+    PacketSequence,
     PacketStreamParser,
     encode_packet_records,
+    implausible_lengths,
 )
 from .wire import PROTOCOL_VERSION, MessageType
 
@@ -77,7 +80,6 @@ MAX_CAPLEN = MAXIMUM_SNAPLEN
 
 _SEND_MARGIN = UDPSTR_HEADER_SIZE + PKTHDR_SIZE  # 28: the fork's "room for one more header"
 _U32 = 0xFFFFFFFF
-_HALF_U32 = 0x80000000
 
 
 def is_udpstr_datagram(data: bytes) -> bool:
@@ -212,35 +214,78 @@ class UdpStrDecoder:
     """
     Reassembles packets from the udpstr datagrams of one capture.
 
-    Counters: C{lost_datagrams} from gaps in C{seqno}; C{lost_packets} from
-    gaps in the C{npkt} of the packets delivered (numbered from 1 per
-    capture), so it covers packets lost to any cause once a later packet
-    arrives; C{stale_datagrams} for datagrams older than expected, which are
-    late or duplicated and are dropped (telling the two apart would mean
-    keeping a history of seqnos); C{malformed} for datagrams that are not
-    udpstr or contradict themselves, which are skipped.
+    Datagrams are read in C{seqno} order.  One that comes ahead of the
+    expected C{seqno} is held, not delivered, until the next datagram says
+    what it was: if that one continues it, datagrams were lost and the
+    stream goes on from the held one; if it is the expected one, the held
+    datagram was out of place (a forgery, or a stray) and is dropped.  So a
+    single datagram with a made-up C{seqno} can neither put packets in the
+    capture nor make the decoder drop the genuine ones that follow; after a
+    real loss, packets come one datagram later.
+
+    Counters: C{lost_datagrams} from confirmed gaps in C{seqno} within
+    L{SEQUENCE_WINDOW}; C{resyncs} for confirmed jumps beyond it (in
+    C{seqno} or C{npkt}: not counted as lost); C{lost_packets} from gaps in
+    the C{npkt} of the packets delivered (numbered from 1 per capture), so
+    it covers packets lost to any cause once a later packet arrives;
+    C{stale_datagrams} for datagrams behind the expected one (late or
+    repeated: dropped); C{unconfirmed_datagrams} for held datagrams that
+    nothing continued (dropped); C{malformed} for datagrams that are not
+    udpstr or contradict themselves, and packets with impossible lengths,
+    which are skipped.
     """
 
     expected_seqno: int = attrs.field(default=0, init=False)
     lost_datagrams: int = attrs.field(default=0, init=False)
-    lost_packets: int = attrs.field(default=0, init=False)
     stale_datagrams: int = attrs.field(default=0, init=False)
+    unconfirmed_datagrams: int = attrs.field(default=0, init=False)
+    seqno_resyncs: int = attrs.field(default=0, init=False)
     malformed: int = attrs.field(default=0, init=False)
-    _expected_npkt: int = attrs.field(default=1, init=False)
+    npkts: PacketSequence = attrs.field(factory=PacketSequence, init=False)
+    """The C{npkt} sequence of the packets delivered."""
     _synced: bool = attrs.field(default=False, init=False)
     """Whether the next stream byte is known to continue the stream we hold."""
     _partial: Optional[bytearray] = attrs.field(default=None, init=False)
     """The packet in progress: its header and bytes so far (bounded by its caplen)."""
     _need: int = attrs.field(default=0, init=False)
     """Bytes the packet in progress needs in all: a header, then header + caplen."""
+    _held: Optional[_HeldDatagram] = attrs.field(default=None, init=False)
+    """A datagram ahead of the expected seqno, waiting for the next one to confirm it."""
+
+    @property
+    def lost_packets(self) -> int:
+        return self.npkts.lost
+
+    @property
+    def resyncs(self) -> int:
+        return self.seqno_resyncs + self.npkts.resyncs
 
     @property
     def in_progress(self) -> int:
         """Bytes held of a packet begun in an earlier datagram."""
         return 0 if self._partial is None else len(self._partial)
 
+    @property
+    def holding(self) -> bool:
+        """Whether packets of a datagram ahead of the stream wait for the next datagram (see L{release_held})."""
+        return self._held is not None and bool(self._held.packets)
+
+    def release_held(self) -> list[CapturedPacket]:
+        """
+        The packets of the datagram held ahead of the stream, now, for when
+        no datagram has come to confirm it for a while (the stream went
+        quiet after a loss).  The stream position stays where it was, so if
+        that datagram was a stray the genuine ones that follow still fit;
+        if it was genuine, the next datagram continues it as usual.
+        """
+        held = self._held
+        if held is None or not held.packets:
+            return []
+        self._held = attrs.evolve(held, packets=[])
+        return self._deliver_all(held.packets)
+
     def feed(self, datagram: bytes) -> list[CapturedPacket]:
-        """Take one datagram payload; return the packets it completes."""
+        """Take one datagram payload; return the packets it completes (or confirms)."""
         end = len(datagram)
         if end < UDPSTR_HEADER_SIZE:
             self.malformed += 1
@@ -251,18 +296,51 @@ class UdpStrDecoder:
             # of ours, mangled, the next seqno shows the gap.
             self.malformed += 1
             return []
+        bad_first = first != NO_FIRST_HEADER and not UDPSTR_HEADER_SIZE <= first < end
+        if seqno == self.expected_seqno:
+            if self._held is not None:
+                self.unconfirmed_datagrams += 1  # the stream went on without it
+                self._held = None
+            self.expected_seqno = (seqno + 1) & _U32
+            if bad_first:
+                self.malformed += 1
+                self._desync()
+                return []
+            return self._deliver_all(self._consume(datagram, first))
         gap = (seqno - self.expected_seqno) & _U32
-        if gap >= _HALF_U32:
+        if gap > _U32 - SEQUENCE_WINDOW:
             self.stale_datagrams += 1
             return []
-        if gap:
-            self.lost_datagrams += gap
-            self._desync()
-        self.expected_seqno = (seqno + 1) & _U32
-        if first != NO_FIRST_HEADER and not UDPSTR_HEADER_SIZE <= first < end:
+        if bad_first:
             self.malformed += 1
-            self._desync()
             return []
+        held = self._held
+        out: list[CapturedPacket] = []
+        if held is not None and seqno == held.next_seqno:
+            # Confirmed: the datagrams between were lost (or, past the window, the sender restarted).
+            skipped = (held.seqno - self.expected_seqno) & _U32
+            if skipped < SEQUENCE_WINDOW:
+                self.lost_datagrams += skipped
+            else:
+                self.seqno_resyncs += 1
+            self._held = None
+            self._partial, self._need, self._synced = held.partial, held.need, held.synced
+            self.expected_seqno = (seqno + 1) & _U32
+            out = self._deliver_all(held.packets)
+            return out + self._deliver_all(self._consume(datagram, first))
+        if held is not None:
+            self.unconfirmed_datagrams += 1
+        # Read it on its own, as the start of a stream, and keep what it gave.
+        saved = self._partial, self._need, self._synced
+        self._desync()
+        packets = self._consume(datagram, first)
+        self._held = _HeldDatagram(seqno, packets, self._partial, self._need, self._synced)
+        self._partial, self._need, self._synced = saved
+        return out
+
+    def _consume(self, datagram: bytes, first: int) -> list[CapturedPacket]:
+        """The packets C{datagram} completes, read as the next one in the stream."""
+        end = len(datagram)
         out: list[CapturedPacket] = []
         counted = False  # malformed counts datagrams, not faults
         if self._synced:
@@ -277,7 +355,7 @@ class UdpStrDecoder:
                 position = -1
             if position == (end if first == NO_FIRST_HEADER else first):
                 if finished is not None:
-                    self._deliver(finished, out)
+                    out.append(finished)
             else:
                 # Trust firsthdridx over the packet in progress: drop that
                 # packet and read on from firsthdridx.
@@ -300,12 +378,16 @@ class UdpStrDecoder:
         self._synced = False
         self._partial = None
 
-    def _deliver(self, packet: CapturedPacket, out: list[CapturedPacket]) -> None:
-        gap = (packet.npkt - self._expected_npkt) & _U32
-        if gap < _HALF_U32:
-            self.lost_packets += gap
-            self._expected_npkt = (packet.npkt + 1) & _U32
-        out.append(packet)
+    def _deliver_all(self, packets: list[CapturedPacket]) -> list[CapturedPacket]:
+        """The packets that can be delivered, their numbers counted; those with impossible lengths skipped."""
+        out = []
+        for packet in packets:
+            if implausible_lengths(packet.caplen, packet.length) is not None:
+                self.malformed += 1
+                continue
+            self.npkts.see(packet.npkt)
+            out.append(packet)
+        return out
 
     def _resume(self, datagram: bytes) -> tuple[int, Optional[CapturedPacket]]:
         """
@@ -354,7 +436,22 @@ class UdpStrDecoder:
                 self._partial = bytearray(memoryview(datagram)[data_start - PKTHDR_SIZE :])
                 self._need = PKTHDR_SIZE + caplen
                 return
-            self._deliver(CapturedPacket(sec, usec, caplen, length, npkt, datagram[data_start:position]), out)
+            out.append(CapturedPacket(sec, usec, caplen, length, npkt, datagram[data_start:position]))
+
+
+@attrs.frozen
+class _HeldDatagram:
+    """A datagram read on its own, ahead of the stream: its packets and the stream state after it."""
+
+    seqno: int
+    packets: list[CapturedPacket]
+    partial: Optional[bytearray]
+    need: int
+    synced: bool
+
+    @property
+    def next_seqno(self) -> int:
+        return (self.seqno + 1) & _U32
 
 
 def packets_touched(datagram: bytes) -> int:
@@ -424,9 +521,9 @@ class UdpStrStreamParser:
     def __init__(self) -> None:
         self.error: Optional[str] = None
         self.malformed = 0
-        """Always 0: over TCP nothing is skipped, anything wrong is an L{error}."""
-        self.lost_packets = 0
-        """Packets missing from the C{npkt} sequence of those delivered."""
+        """Packets with impossible lengths (L{implausible_lengths}), skipped: the framing still holds."""
+        self.npkts = PacketSequence()
+        """The C{npkt} sequence of the packets delivered: C{lost} is the packets missing from it."""
         self.mtu: Optional[int] = None
         """The sender's MTU, once a datagram cut inside a record has shown it."""
         self.datagrams = 0
@@ -442,7 +539,6 @@ class UdpStrStreamParser:
         self._record = bytearray()  # the record in progress, once the MTU is known
         self._need = 0  # its length: a header, then header + caplen
         self._search = 0  # index of the next place to look for a datagram header in a record
-        self._next_npkt = 1
         self._ended = False
 
     @property
@@ -492,12 +588,20 @@ class UdpStrStreamParser:
             self._search -= keep
         return out
 
+    @property
+    def lost_packets(self) -> int:
+        return self.npkts.lost
+
+    @property
+    def resyncs(self) -> int:
+        return self.npkts.resyncs
+
     def _deliver(self, record: bytes | bytearray, start: int, end: int, out: list[CapturedPacket]) -> None:
         sec, usec, caplen, length, npkt = PKTHDR.unpack_from(record, start)
-        gap = (npkt - self._next_npkt) & _U32
-        if gap < _HALF_U32:
-            self.lost_packets += gap
-            self._next_npkt = (npkt + 1) & _U32
+        if implausible_lengths(caplen, length) is not None:
+            self.malformed += 1
+            return
+        self.npkts.see(npkt)
         out.append(CapturedPacket(sec, usec, caplen, length, npkt, bytes(record[start + PKTHDR_SIZE : end])))
 
     def _where(self) -> str:
@@ -758,6 +862,10 @@ class DataStreamParser:
     @property
     def lost_packets(self) -> int:
         return self.parser.lost_packets if isinstance(self.parser, UdpStrStreamParser) else 0
+
+    @property
+    def resyncs(self) -> int:
+        return self.parser.resyncs if isinstance(self.parser, UdpStrStreamParser) else 0
 
     @property
     def mtu(self) -> Optional[int]:

@@ -33,9 +33,7 @@ from typing import Collection, Iterable, Optional, Protocol
 from twisted.logger import Logger
 
 from ..protocol.wire import ErrorCode, ErrorReply, Message
-from .session import ServerSession, SessionPolicy, SessionState
-
-LOGGED_IN = (SessionState.READY, SessionState.OPENED, SessionState.CAPTURING)
+from .session import LOGGED_IN, ServerSession, SessionPolicy, SessionState
 
 TOO_MANY_SESSIONS = "too many sessions; try again later"
 
@@ -91,7 +89,7 @@ class Admission:
         waiting = [
             m
             for m in self.members
-            if not m.active and m.session is not None and m.session.state is SessionState.AWAITING_AUTH
+            if not m.active and m.session is not None and m.session.state is SessionState.AUTHENTICATING
         ]
         return sorted(waiting, key=lambda m: m.ticket)
 

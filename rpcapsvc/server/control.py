@@ -9,22 +9,23 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Optional
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..capture.system import ICaptureSystem
+from ..capture.blocking import runner_of
+from ..capture.system import CaptureError, ICaptureSystem
 from ..connections import TlsSettings, tls_settings_of
 from ..logtext import host_port
 from ..protocol.framing import ControlStreamParser
-from ..protocol.wire import ErrorCode, ErrorReply, Message
+from ..protocol.wire import ErrorCode, ErrorReply, InterfaceInfo, Message
 from .active import ReconnectPolicy
 from .admission import Admission, ticket
 from .counters import ServiceCounters
 from .datachannel import DataChannels, IDataChannels
-from .session import ForwardedTraffic, IControlChannel, ServerSession, SessionPolicy, client_allowed
+from .session import ForwardedTraffic, IControlChannel, Network, ServerSession, SessionPolicy, client_allowed
 
 
 def _host(address: Optional[IAddress]) -> str:
@@ -56,6 +57,8 @@ class RpcapServerProtocol(protocol.Protocol):
         self.tls: Optional[TlsSettings] = None
         self.local_port = 0
         self.peer_port = 0
+        self._lost = False
+        self._waited_for_interface = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -101,19 +104,17 @@ class RpcapServerProtocol(protocol.Protocol):
             self.log.info(
                 "session={session} peer={peer} client connected", session=self.ticket, peer=self.peer
             )
-        try:
-            interface = self.factory.preselected_interface()
-        except Exception:
-            # Never let a fault here escape: in active mode it would stop
-            # ClientService from ever reconnecting to this collector.
-            self.log.failure(
-                "session={session} peer={peer} cannot choose the preselected interface; closing",
-                session=self.ticket,
-                peer=self.peer,
-            )
-            self.factory.sessions.discard(self)
-            self.close()
-            return
+        # Choosing the interface may list the machine's interfaces: off the
+        # reactor thread.  Nothing is read until the session exists.
+        choosing = self.factory.preselected_interface()
+        self._waited_for_interface = not choosing.called
+        if self._waited_for_interface:
+            self.pause_reading()
+        choosing.addCallbacks(self._begin_session, self._no_interface)
+
+    def _begin_session(self, interface: Optional[str]) -> None:
+        if self._lost:
+            return  # the connection went while the interface was chosen
         self.session = ServerSession(
             self,
             self.factory.capture_system,
@@ -126,6 +127,30 @@ class RpcapServerProtocol(protocol.Protocol):
             login_gate=self.factory.admission.admit_login,
             session_id=self.ticket,
         )
+        if self._waited_for_interface:
+            self.resume_reading()
+
+    def _no_interface(self, failure: Failure) -> None:
+        # Never let a fault here escape: in active mode it would stop
+        # ClientService from ever reconnecting to this collector.
+        if failure.check(CaptureError):
+            self.log.warn(
+                "session={session} peer={peer} cannot list interfaces to choose the preselected one ({why}); "
+                "closing",
+                session=self.ticket,
+                peer=self.peer,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "session={session} peer={peer} cannot choose the preselected interface; closing",
+                failure,
+                session=self.ticket,
+                peer=self.peer,
+            )
+        self.factory.sessions.discard(self)
+        if not self._lost:
+            self.close()
 
     @property
     def peer(self) -> str:
@@ -148,6 +173,7 @@ class RpcapServerProtocol(protocol.Protocol):
         """We never half-close our side; nothing to do."""
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
         self.factory.sessions.discard(self)
         if self.session is not None:
             self.session.close(f"connection lost: {reason.getErrorMessage()}")
@@ -241,19 +267,21 @@ class RpcapServerFactory(protocol.Factory):
             if p.session is not None:
                 p.session.close(why)
 
-    def preselected_interface(self) -> Optional[str]:
+    def preselected_interface(self) -> defer.Deferred[Optional[str]]:
         """
         The interface this factory's sessions are limited to; C{None} leaves
         it to the policy.  Without C{interface_address}, C{interface}.  With
         it (an address, or a network C{ADDR/PREFIX}), the first interface
         with an address in that network and, if C{interface} is given too,
         of that name: both must match one interface, as ExtraHop's rpcapd
-        chooses it.  Looked up for each session, as addresses move.  When no
-        interface matches, a name no interface has, so that nothing can be
-        opened (ExtraHop's rpcapd would allow any interface instead).
+        chooses it.  Looked up for each session, as addresses move; the
+        interfaces are listed where the capture system runs its blocking
+        calls (L{runner_of}: a thread pool), never in the reactor thread.
+        When no interface matches, a name no interface has, so that nothing
+        can be opened (ExtraHop's rpcapd would allow any interface instead).
         """
         if self.interface_address is None:
-            return self.interface
+            return defer.succeed(self.interface)
         named = "" if self.interface is None else f" named {self.interface}"
         address, slash, prefix = str(self.interface_address).strip().partition("/")
         try:
@@ -263,8 +291,13 @@ class RpcapServerFactory(protocol.Factory):
                 "Interface address {address!r} is not an address or network; nothing can be opened",
                 address=self.interface_address,
             )
-            return f"(no interface{named} with address {self.interface_address})"
-        for info in self.capture_system.list_interfaces():
+            return defer.succeed(f"(no interface{named} with address {self.interface_address})")
+        listing = runner_of(self.capture_system)(self.capture_system.list_interfaces)
+        return listing.addCallback(self._interface_in, network, named)
+
+    def _interface_in(self, interfaces: list[InterfaceInfo], network: Network, named: str) -> str:
+        """Of C{interfaces}, the one L{preselected_interface} chooses."""
+        for info in interfaces:
             if self.interface is not None and info.name != self.interface:
                 continue
             if any(a.address.version == network.version and a.address in network for a in info.addresses):

@@ -32,6 +32,8 @@ class ForwardingCounts:
     """libpcap's C{ps_drop}: packets the capture's kernel buffer had no room for."""
     interface_dropped: int = 0
     """libpcap's C{ps_ifdrop}: packets the interface dropped."""
+    sampled_out: int = 0
+    """Packets read but not forwarded because the client asked for sampling (not a loss)."""
 
     def add(self, other: ForwardingCounts) -> None:
         self.packets += other.packets
@@ -39,6 +41,7 @@ class ForwardingCounts:
         self.send_dropped += other.send_dropped
         self.kernel_dropped += other.kernel_dropped
         self.interface_dropped += other.interface_dropped
+        self.sampled_out += other.sampled_out
 
 
 def capture_counts(sink: object, stats: Optional[CaptureStats]) -> ForwardingCounts:

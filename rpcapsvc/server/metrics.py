@@ -20,19 +20,24 @@ from .session import SessionState
 if TYPE_CHECKING:
     from ..service import RpcapdService
 
-SESSION_STATES = (
-    SessionState.AWAITING_AUTH,
-    SessionState.READY,
-    SessionState.OPENED,
-    SessionState.CAPTURING,
-)
-"""The states a session is counted in (a closed session is gone from the service)."""
+SESSION_STATES = ("awaiting_auth", "ready", "opened", "capturing")
+"""The labels a session is counted under (a closed session is gone from the service)."""
+
+_LABELS = {
+    SessionState.AUTHENTICATING: "awaiting_auth",
+    SessionState.READY: "ready",
+    SessionState.OPEN: "opened",
+    SessionState.STARTING: "capturing",
+    SessionState.CAPTURING: "capturing",
+    SessionState.CLOSING: "opened",
+}
 
 DROP_PLACES = ("kernel", "interface", "send")
 
 
 def state_label(state: SessionState) -> str:
-    return state.name.lower()
+    """A session state's label (the labels predate STARTING and CLOSING, which count as capturing and opened)."""
+    return _LABELS.get(state, state.value)
 
 
 class DaemonMetrics:
@@ -69,6 +74,11 @@ class DaemonMetrics:
                 "interface drops of a running capture are those libpcap last reported to its client.",
                 labels=["where"],
             ),
+            "sampled_out": CounterMetricFamily(
+                "rpcapd_packets_sampled_out",
+                "Captured packets not forwarded because the client asked for sampling (RPCAP "
+                "setsampling): skipped on purpose, not lost.",
+            ),
             "auth": CounterMetricFamily(
                 "rpcapd_auth_failures",
                 "Logins refused: a wrong password, an unknown user, null authentication where it is "
@@ -89,7 +99,7 @@ class DaemonMetrics:
     def collect(self) -> Iterator[Metric]:
         service = self.service
         families = self._families()
-        states: Counter[SessionState] = Counter()
+        states: Counter[str] = Counter()
         totals = ForwardingCounts()
         totals.add(service.counters.ended)
         connected_factories: set[int] = set()
@@ -97,14 +107,14 @@ class DaemonMetrics:
             session = getattr(protocol, "session", None)
             if session is None:
                 continue
-            states[session.state] += 1
+            states[state_label(session.state)] += 1
             if getattr(protocol, "active", False) and session.state is not SessionState.CLOSED:
                 connected_factories.add(id(protocol.factory))
             capture = session.capture
             if capture is not None:
                 totals.add(capture.counts())
-        for state in SESSION_STATES:
-            families["sessions"].add_metric([state_label(state)], states[state])
+        for label in SESSION_STATES:
+            families["sessions"].add_metric([label], states[label])
         families["packets"].add_metric([], totals.packets)
         families["bytes"].add_metric([], totals.bytes)
         dropped = {
@@ -114,6 +124,7 @@ class DaemonMetrics:
         }
         for where in DROP_PLACES:
             families["dropped"].add_metric([where], dropped[where])
+        families["sampled_out"].add_metric([], totals.sampled_out)
         families["auth"].add_metric([], service.counters.auth_failures)
         # Two targets could describe themselves alike: one series for both, never a duplicate.
         connected: dict[str, int] = {}

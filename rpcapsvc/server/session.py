@@ -1,26 +1,24 @@
 """
-The server side of one RPCAP control session, as a state machine.
+The server side of one RPCAP control session, as an explicit state machine.
 
 L{ServerSession} is driven by framed messages (L{Received}) and reaches the
 world only through small seams: an L{IControlChannel} to answer on, an
-L{ICaptureSystem} to capture with, L{DataChannels} to send packets through
-and a clock.  It handles one request at a time, in order, as RPCAP requires;
-while a request waits on I/O (a login check, a data connection, a call to
-the capture system, which runs off the reactor thread) reading from the
-control connection is paused, which bounds what a peer can queue.
+L{ICaptureSystem} to capture with, L{IDataChannels} to send packets through
+and a clock.  Requests are handled one at a time, in order, by a
+L{RequestQueue}; how a capture's data channel starts is a strategy of
+L{rpcapsvc.server.datastart}; the capture itself is a L{SessionCapture}.
 
-States::
-
-    AWAITING_AUTH --auth ok--> READY --open--> OPENED --startcap--> CAPTURING
-                                  ^               ^  <----endcap------'
-    any state --close / connection lost--> CLOSED
+The whole life of a session is the two tables below: L{TRANSITIONS} (which
+state may follow which, and on what) and L{REQUESTS} (what each request
+does in each state; a request a state has no row for is answered with
+WRONGMSG).  A move the first table does not allow raises
+L{IllegalTransition}: a fault of ours, answered "internal server error".
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections import deque
 from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -78,18 +76,112 @@ from ..protocol.wire import (
 )
 from .counters import ServiceCounters
 from .datachannel import IDataChannels, IPacketSink
+from .datastart import data_start_for, own_traffic_expression, place_filter
 from .forwarded import ForwardedTraffic
+from .requestqueue import REQUESTS_PER_TURN, RequestQueue
 from .sessioncapture import SessionCapture
+
+__all__ = [
+    "REQUESTS_PER_TURN",
+    "ForwardedTraffic",
+    "IControlChannel",
+    "IllegalTransition",
+    "ServerSession",
+    "SessionPolicy",
+    "SessionState",
+    "client_allowed",
+]
 
 PRESELECTED_SUFFIX = ";preselected"
 
 
 class SessionState(enum.Enum):
-    AWAITING_AUTH = "awaiting auth"
+    AUTHENTICATING = "authenticating"
+    """Connected, not logged in: only auth is served."""
     READY = "ready"
-    OPENED = "opened"
+    """Logged in, no device open."""
+    OPEN = "open"
+    """A device is open (open succeeded), no capture."""
+    STARTING = "starting"
+    """A startcap is under way: capture opening, filter being placed, data channel being connected or waited for."""
     CAPTURING = "capturing"
+    """Packets flow through the data channel."""
+    CLOSING = "closing"
+    """A capture is being closed (its final counters come with it); requests wait."""
     CLOSED = "closed"
+    """The session is over; the control connection is closed."""
+
+
+AUTHENTICATING, READY, OPEN, STARTING, CAPTURING, CLOSING, CLOSED = SessionState
+
+# fmt: off
+TRANSITIONS: dict[SessionState, dict[SessionState, str]] = {
+    # from            to: on what
+    AUTHENTICATING: {READY: "login accepted (policy, checkers, session limit)"},
+    READY:          {OPEN: "open: the device exists and its link type is known"},
+    OPEN:           {OPEN: "open: another device",
+                     STARTING: "startcap accepted"},
+    STARTING:       {CAPTURING: "the data channel is up: the capture reads into it",
+                     OPEN: "the start failed before the capture was the session's",
+                     CLOSING: "endcap, or the data connection failed"},
+    CAPTURING:      {CLOSING: "endcap, data channel lost, capture read error"},
+    CLOSING:        {OPEN: "the capture's handle is closed"},
+    CLOSED:         {},
+}
+"""Every move a session makes; besides, any state but CLOSED goes to CLOSED on close, connection lost, login or idle timeout, oversized message, or a session limit."""
+# fmt: on
+
+LOGGED_IN = (READY, OPEN, STARTING, CAPTURING, CLOSING)
+"""The states of a logged-in session (admission counts them against C{max_sessions})."""
+
+Handler = Callable[["ServerSession", Any], Optional[defer.Deferred[None]]]
+
+
+def _refuse(code: ErrorCode, text: str) -> Handler:
+    """A row's handler that answers with an error, and changes nothing."""
+
+    def refuse(session: ServerSession, msg: Any) -> None:
+        session._error(code, text)
+
+    return refuse
+
+
+def _rows(states: Sequence[SessionState], request: type, handler: Union[str, Handler]) -> dict[Any, Any]:
+    return {(state, request): handler for state in states}
+
+
+_NO_CAPTURE = (READY, OPEN)
+_A_CAPTURE = (STARTING, CAPTURING)  # STARTING serves requests once the reply is sent (passive TCP)
+_SERVING = _NO_CAPTURE + _A_CAPTURE  # CLOSING holds requests until the capture is closed
+
+# fmt: off
+REQUESTS: dict[tuple[SessionState, type], Union[str, Handler]] = {
+    (AUTHENTICATING, AuthRequest): "_auth",
+    **_rows(_SERVING,    AuthRequest,              _refuse(ErrorCode.WRONGMSG, "already authenticated")),
+    **_rows(_SERVING,    FindAllInterfacesRequest, "_findalldevs"),
+    **_rows(_SERVING,    SetSamplingRequest,       "_setsampling"),
+    **_rows(_NO_CAPTURE, OpenRequest,              "_open"),
+    **_rows(_A_CAPTURE,  OpenRequest,              _refuse(ErrorCode.OPEN, "a capture is running; end it before opening another device")),  # noqa: E501
+    (READY,             StartCaptureRequest):      _refuse(ErrorCode.STARTCAPTURE, "no device is open"),
+    (OPEN,              StartCaptureRequest):      "_startcap",
+    **_rows(_A_CAPTURE,  StartCaptureRequest,      _refuse(ErrorCode.STARTCAPTURE, "a capture is already running")),
+    **_rows(_NO_CAPTURE, UpdateFilterRequest,      _refuse(ErrorCode.UPDATEFILTER, "no capture is running")),
+    **_rows(_A_CAPTURE,  UpdateFilterRequest,      "_updatefilter"),
+    **_rows(_NO_CAPTURE, StatsRequest,             "_stats_of_last_capture"),
+    **_rows(_A_CAPTURE,  StatsRequest,             "_stats"),
+    **_rows(_NO_CAPTURE, EndCaptureRequest,        _refuse(ErrorCode.ENDCAPTURE, "no capture is running")),
+    **_rows(_A_CAPTURE,  EndCaptureRequest,        "_endcap"),
+}
+"""
+What each request does in each state.  Close, and an error the client
+reports, are served in every state; a malformed or oversized message, or
+one of another protocol version, is refused in every state (L{ServerSession._dispatch}).
+"""
+# fmt: on
+
+
+class IllegalTransition(RuntimeError):
+    """A move L{TRANSITIONS} does not allow: a fault of ours."""
 
 
 class IControlChannel(Interface):
@@ -152,10 +244,6 @@ class SessionPolicy:
     """Log the counters a client asks for (ExtraHop's rpcapd -S)."""
 
 
-REQUESTS_PER_TURN = 32
-"""Requests handled back to back before other sessions get a turn of the reactor."""
-_SLOW_REQUESTS = {MessageType.OPEN_REQ, MessageType.STARTCAP_REQ, MessageType.ENDCAP_REQ}
-
 # A request payload that cannot be decoded is answered with its operation's code.
 _MALFORMED_CODES = {
     MessageType.AUTH_REQ: ErrorCode.AUTH,
@@ -214,7 +302,7 @@ class ServerSession:
         self.reactor: IReactorTime = reactor
         # A per-session preselected interface (active collectors) overrides the policy's.
         self.preselected = interface or policy.preselected_interface
-        self.state = SessionState.AWAITING_AUTH
+        self.state = AUTHENTICATING
         self.device: Optional[str] = None
         self.sampling = SetSamplingRequest(SamplingMethod.NONE, 0)
         self.user: Optional[bytes] = None
@@ -224,22 +312,27 @@ class ServerSession:
         self._run = runner_of(capture_system)
         """Where the capture system's blocking calls run (a thread pool; in place for fakes)."""
         self._compile = getattr(capture_system, "compile", None) or compile_filter
-        self._holds = 0
-        """Work to finish before the next request (a capture closing)."""
         self.packets_forwarded = 0
         """Packets handed to the data channels of every capture this session has run."""
         self._last_stats = StatsReply(0, 0, 0, 0)
-        self._queue: deque[Received] = deque()
-        self._busy = False
-        self._draining = False
-        self._replies_backed_up = False
-        self._input_ended = False
-        self._yield_call: Optional[IDelayedCall] = None
+        self.requests = RequestQueue(
+            self.reactor,
+            channel,
+            self._dispatch,
+            self._internal_error,
+            lambda: self.close("the client finished sending"),
+        )
         self._auth_timer: Optional[IDelayedCall] = self.reactor.callLater(
             policy.auth_timeout, self._auth_timed_out
         )
         self._last_activity = self.reactor.seconds()
         self._idle_timer: Optional[IDelayedCall] = None
+
+    def _enter(self, state: SessionState) -> None:
+        """Move to C{state}, as L{TRANSITIONS} allows (closing is L{close}'s)."""
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"session {self.session_id}: {self.state.name} -> {state.name}")
+        self.state = state
 
     @property
     def peer(self) -> str:
@@ -250,11 +343,10 @@ class ServerSession:
         """The fields every log line of the session starts with: C{session=N peer=HOST:PORT}."""
         return {"session": self.session_id, "peer": self.peer}
 
-    # --- input ---------------------------------------------------------------
+    # --- input: the control connection's side of the request queue -------------------
 
     def received(self, messages: list[Received]) -> None:
-        self._queue.extend(messages)
-        self._drain()
+        self.requests.received(messages)
 
     def replies_backed_up(self, backed_up: bool) -> None:
         """
@@ -262,73 +354,14 @@ class ServerSession:
         write buffer is full), or has caught up: handle no more requests
         until it has, so that replies cannot pile up in memory.
         """
-        self._replies_backed_up = backed_up
-        if backed_up:
-            self._set_reading()
-        else:
-            self._drain()
-
-    def _drain(self) -> None:
-        if self._draining:
-            return  # a request finished inside the loop below, which goes on
-        self._draining = True
-        handled = 0
-        try:
-            while (
-                self._queue and not self._busy and not self._holds and self.state is not SessionState.CLOSED
-            ):
-                if self._replies_backed_up:
-                    break  # replies_backed_up(False) goes on
-                if handled >= REQUESTS_PER_TURN:
-                    # Let other sessions have the reactor before going on.
-                    if self._yield_call is None:
-                        self._yield_call = self.reactor.callLater(0, self._after_yield)
-                    break
-                request = self._queue.popleft()
-                self._last_activity = self.reactor.seconds()
-                try:
-                    result = self._dispatch(request)
-                except Exception:
-                    # A fault of ours: answer it, keep the session and the reactor going.
-                    self._internal_error(Failure())
-                    result = None
-                # Opening or closing a capture blocks for tens of milliseconds: two are a turn's worth.
-                handled += REQUESTS_PER_TURN // 2 if request.header.type in _SLOW_REQUESTS else 1
-                if isinstance(result, defer.Deferred):
-                    self._busy = True
-                    result.addErrback(self._internal_error)
-                    result.addBoth(self._request_done)
-        finally:
-            self._draining = False
-        self._set_reading()
-
-    def _after_yield(self) -> None:
-        self._yield_call = None
-        self._drain()
-
-    def _set_reading(self) -> None:
-        """Read the control connection only when nothing is waiting to be handled."""
-        if self.state is SessionState.CLOSED:
-            return
-        if self._busy or self._holds or self._replies_backed_up or self._queue:
-            self.channel.pause_reading()
-        elif self._input_ended:
-            # Every request the client sent is answered: now the session ends.
-            self.close("the client finished sending")
-        else:
-            self.channel.resume_reading()
+        self.requests.replies_backed_up(backed_up)
 
     def input_ended(self) -> None:
         """
         The client half-closed the control connection: it will send nothing
         more.  Answer what it sent (as libpcap's rpcapd does), then close.
         """
-        self._input_ended = True
-        self._drain()
-
-    def _request_done(self, _: object) -> None:
-        self._busy = False
-        self._drain()
+        self.requests.input_ended()
 
     def _internal_error(self, failure: Failure) -> None:
         self.log.failure("session={session} peer={peer} request failed", failure, **self._tag())
@@ -346,6 +379,8 @@ class ServerSession:
         self.channel.send_message(ErrorReply(code, text))
 
     def _dispatch(self, r: Received) -> Optional[defer.Deferred[None]]:
+        """Handle one request: by L{REQUESTS}' row for the session's state and the request."""
+        self._last_activity = self.reactor.seconds()
         mtype = r.header.type
         if r.header.version != PROTOCOL_VERSION and not isinstance(r.error, MessageTooLarge):
             self._error(ErrorCode.WRONGVER, f"RPCAP version {r.header.version} is not supported")
@@ -370,15 +405,15 @@ class ServerSession:
                 **self._tag(),
             )
             return None
-        if self.state is SessionState.AWAITING_AUTH:
-            if isinstance(msg, AuthRequest):
-                return self._auth(msg)
-            self._error(ErrorCode.WRONGMSG, "message received before authentication")
-            return None
-        handler = self._HANDLERS.get(type(msg))
+        handler = REQUESTS.get((self.state, type(msg)))
         if handler is None:
-            self._error(ErrorCode.WRONGMSG, f"unexpected message type {mtype}")
+            if self.state is AUTHENTICATING:
+                self._error(ErrorCode.WRONGMSG, "message received before authentication")
+            else:
+                self._error(ErrorCode.WRONGMSG, f"unexpected message type {mtype}")
             return None
+        if isinstance(handler, str):
+            return getattr(self, handler)(msg)  # type: ignore[no-any-return]
         return handler(self, msg)
 
     # --- auth ----------------------------------------------------------------
@@ -424,7 +459,7 @@ class ServerSession:
         d: defer.Deferred[None] = defer.Deferred()
 
         def answer() -> None:
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self.channel.send_message(ErrorReply(ErrorCode.AUTH_FAILED, f"Authentication failed: {why}"))
             d.callback(None)
 
@@ -432,14 +467,14 @@ class ServerSession:
         return d
 
     def _authenticated(self, user: Optional[bytes]) -> None:
-        if self.state is not SessionState.AWAITING_AUTH:
+        if self.state is not AUTHENTICATING:
             return  # closed (timeout, connection lost) while the login was being checked
         if self.login_gate is not None and not self.login_gate(self):
             self._error(ErrorCode.NETWORK, "too many sessions; try again later")
             self.close("too many sessions")
             return
         self.user = user
-        self.state = SessionState.READY
+        self._enter(READY)
         self._cancel_auth_timer()
         self._last_activity = self.reactor.seconds()
         if self.policy.idle_timeout > 0 and not self.channel.active:
@@ -453,7 +488,7 @@ class ServerSession:
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
-        if self.state is SessionState.AWAITING_AUTH:
+        if self.state is AUTHENTICATING:
             self._error(ErrorCode.INITTIMEOUT, "authentication timed out")
             self.close("authentication timed out")
 
@@ -475,16 +510,16 @@ class ServerSession:
         a capture; C{None} while it works (a capture running, a request
         under way) or is not logged in.
         """
-        if self.state not in (SessionState.READY, SessionState.OPENED):
+        if self.state not in (READY, OPEN):
             return None
-        if self._capture is not None or self._busy:
+        if self._capture is not None or self.requests.busy:
             return None
         return self.reactor.seconds() - self._last_activity
 
     def _idle_check(self) -> None:
         self._idle_timer = None
         timeout = self.policy.idle_timeout
-        if self.state is SessionState.CLOSED or timeout <= 0:
+        if self.state is CLOSED or timeout <= 0:
             return
         idle = self.idle_for()
         if idle is not None and idle >= timeout:
@@ -493,10 +528,7 @@ class ServerSession:
             return
         self._idle_timer = self.reactor.callLater(timeout - (idle or 0.0), self._idle_check)
 
-    # --- requests --------------------------------------------------------------
-
-    def _again_auth(self, msg: AuthRequest) -> None:
-        self._error(ErrorCode.WRONGMSG, "already authenticated")
+    # --- requests ------------------------------------------------------------------
 
     def _interfaces(self) -> list[InterfaceInfo]:
         interfaces = self.capture_system.list_interfaces()
@@ -515,7 +547,7 @@ class ServerSession:
 
     def _findalldevs(self, msg: FindAllInterfacesRequest) -> defer.Deferred[None]:
         def listed(interfaces: list[InterfaceInfo]) -> None:
-            if self.state is SessionState.CLOSED:
+            if self.state is CLOSED:
                 return
             if not interfaces:
                 self._error(ErrorCode.NOREMOTEIF, "no interfaces found")
@@ -524,16 +556,13 @@ class ServerSession:
 
         def failed(f: Failure) -> None:
             # The OS listing failed; say so, keep serving.
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self._error(ErrorCode.FINDALLIF, f"cannot list interfaces: {f.getErrorMessage()}")
 
         return self._run(self._interfaces).addCallbacks(listed, failed)
 
     def _open(self, msg: OpenRequest) -> Optional[defer.Deferred[None]]:
         name = msg.device
-        if self.state is SessionState.CAPTURING:
-            self._error(ErrorCode.OPEN, "a capture is running; end it before opening another device")
-            return None
         if not is_local_interface_name(name):
             self._error(ErrorCode.OPEN, f"{name!r} is not a local interface name")
             return None
@@ -549,10 +578,10 @@ class ServerSession:
             return system.probe_linktype(name)
 
         def probed(linktype: int) -> None:
-            if self.state is SessionState.CLOSED:
+            if self.state is CLOSED:
                 return
             self.device = name
-            self.state = SessionState.OPENED
+            self._enter(OPEN)
             self.log.info(
                 "session={session} peer={peer} opened {device}", device=escaped(name), **self._tag()
             )
@@ -560,18 +589,13 @@ class ServerSession:
 
         def failed(f: Failure) -> None:
             f.trap(CaptureError)
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self._error(ErrorCode.OPEN, f.getErrorMessage())
 
         return self._run(probe).addCallbacks(probed, failed)
 
     def _startcap(self, msg: StartCaptureRequest) -> Optional[defer.Deferred[None]]:
-        if self.state is SessionState.CAPTURING:
-            self._error(ErrorCode.STARTCAPTURE, "a capture is already running")
-            return None
-        if self.state is not SessionState.OPENED or self.device is None:
-            self._error(ErrorCode.STARTCAPTURE, "no device is open")
-            return None
+        assert self.device is not None  # OPEN has a device
         program = msg.filter
         if program is not None and not program.instructions:
             program = None  # an empty program: capture everything
@@ -605,7 +629,14 @@ class ServerSession:
             # Port 0 is nowhere: a UDP socket "connected" there is closed by the reactor at once.
             self._error(ErrorCode.STARTCAPTURE, "no data port given for the daemon to send to")
             return None
-        return self._start_capture(self.device, msg, program, options)
+        self._enter(STARTING)
+        return self._start_capture(self.device, msg, program, options).addBoth(self._start_ended)
+
+    def _start_ended(self, result: object) -> object:
+        """The startcap is answered: a start that went nowhere leaves the device open."""
+        if self.state is STARTING and self._capture is None:
+            self._enter(OPEN)
+        return result
 
     @defer.inlineCallbacks
     def _start_capture(
@@ -621,7 +652,7 @@ class ServerSession:
         try:
             handle = yield self._run(partial(self.capture_system.open, device, options))
         except CaptureError as e:
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self._error(ErrorCode.STARTCAPTURE, f"cannot capture on {device}: {e}")
             return
         finally:
@@ -635,12 +666,15 @@ class ServerSession:
             self.forwarded,
             f"session={self.session_id} peer={self.peer} capture on {escaped(device)}",
         )
-        if self.state is SessionState.CLOSED:
+        capture.set_sampling(self.sampling.method, self.sampling.value)
+        if self.state is CLOSED:
             capture.stop()  # the session ended while the capture opened
             return
         self._starting = capture
         try:
-            yield self._start_data_channel(capture, msg, options)
+            yield data_start_for(msg, self.channel, self.data_channels, options).start(
+                _Starting(self, capture, options)
+            )
         except Exception:
             if self._capture is capture:
                 self._end_capture()
@@ -652,123 +686,26 @@ class ServerSession:
                 self._starting = None
 
     @defer.inlineCallbacks
-    def _start_data_channel(
-        self, capture: SessionCapture, msg: StartCaptureRequest, options: CaptureOptions
-    ) -> Any:
-        flags = msg.flag_set
-        peer = self.channel.peer_host
-        snaplen = options.snaplen
-        if StartCapFlags.DGRAM in flags:
-            try:
-                port, sink = self.data_channels.open_udp(peer, msg.portdata, snaplen, options.read_timeout_ms)
-            except Exception as e:  # a socket we could not make
-                capture.stop()
-                self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
-                return
-            capture.sink = sink  # closed with the capture, should it go no further
-            if not (yield self._filter_first(capture, f"udp and port {port} and port {msg.portdata}")):
-                return
-            self._begin(capture, options)
-            self._sink_ready(capture, sink)
-            self.channel.send_message(StartCaptureReply(options.buffer_size, port))
-            return
-        if StartCapFlags.SERVEROPEN in flags or self.channel.active:
-            if not (yield self._filter_first(capture, f"tcp and port {msg.portdata}")):
-                return
-            d = self.data_channels.connect_tcp(
-                peer, msg.portdata, snaplen, self.channel.tls, options.read_timeout_ms
-            )
-            capture.pending_sink = d
-            self._begin(capture, options)
-            try:
-                sink = yield d
-            except defer.CancelledError:
-                return  # the session or capture ended first: nothing to report
-            except Exception as e:
-                if self._capture is capture:
-                    yield self._end_capture()
-                    self._error(ErrorCode.STARTCAPTURE, f"cannot connect the data channel: {e}")
-                return
-            if self._capture is not capture:
-                sink.close()
-                return
-            self.channel.send_message(StartCaptureReply(options.buffer_size, msg.portdata))
-            self._sink_ready(capture, sink)
-            return
-        try:
-            port, listening = self.data_channels.listen_tcp(
-                self.channel.local_host, peer, snaplen, self.channel.tls, options.read_timeout_ms
-            )
-        except Exception as e:  # a socket we could not make
-            capture.stop()
-            self._error(ErrorCode.STARTCAPTURE, f"cannot open the data channel: {e}")
-            return
-        capture.pending_sink = listening  # cancelled with the capture, should it go no further
-
-        def accepted(sink: IPacketSink) -> None:
-            if self._capture is capture:
-                self._sink_ready(capture, sink)
-            else:
-                sink.close()
-
-        def not_accepted(f: Failure) -> None:
-            if f.check(defer.CancelledError):
-                return
-            if self._capture is capture:
-                self._end_capture()
-                self._error(ErrorCode.STARTCAPTURE, f.getErrorMessage())
-
-        listening.addCallbacks(accepted, not_accepted)
-        if not (yield self._filter_first(capture, f"tcp and port {port}")):
-            return
-        self._begin(capture, options)
-        self.channel.send_message(StartCaptureReply(options.buffer_size, port))
-
-    @defer.inlineCallbacks
     def _filter_first(self, capture: SessionCapture, data_channel: str) -> Any:
         """
-        Place the capture's filter; whether the start may go on (C{False}:
-        it was refused, and said so, or the session ended meanwhile).
-        """
-        try:
-            placed = yield self._place_filter(capture, data_channel)
-        except CaptureError as e:
-            capture.stop()
-            if self.state is not SessionState.CLOSED:
-                self._error(ErrorCode.STARTCAPTURE, f"cannot filter on {self.device}: {e}")
-            return False
-        return bool(placed) and not capture.stopping and self.state is not SessionState.CLOSED
-
-    def _place_filter(self, capture: SessionCapture, data_channel: str) -> defer.Deferred[bool]:
-        """
-        Give the capture its filter: the client's program, behind a program
-        that drops every capturing session's control and data traffic (unless
-        the operator turned that off), so that forwarded packets are never
-        captured again (L{ForwardedTraffic}).  C{data_channel} is a pcap
-        expression for the data channel's packets.  Fires with whether the
-        filter is in place (C{False}: the capture ended first); fails with
-        the kernel's refusal.
+        Place the capture's filter, its session's own traffic kept out
+        (L{place_filter}); whether the start may go on (C{False}: it was
+        refused, and said so, or the session ended meanwhile).
         """
         capture.data_channel = data_channel
-        capture.own_traffic = self._own_traffic_expression(data_channel)
-        if self.policy.exclude_own_traffic and capture.own_traffic:
-            joined = self.forwarded.join(capture, capture.own_traffic)
-            return joined.addCallback(lambda _: not capture.stopping)
-        return capture.place()
-
-    def _own_traffic_expression(self, data_channel: str) -> str:
-        peer = self.channel.peer_host
-        if not peer:
-            return ""
-        host = f"host {peer}"
-        clauses = [f"({data_channel})"]
-        if self.channel.local_port and self.channel.peer_port:
-            clauses.append(f"(tcp and port {self.channel.local_port} and port {self.channel.peer_port})")
-        return f"{host} and ({' or '.join(clauses)})"
+        channel = self.channel
+        own = own_traffic_expression(channel.peer_host, channel.local_port, channel.peer_port, data_channel)
+        try:
+            placed = yield place_filter(capture, self.forwarded, self.policy.exclude_own_traffic, own)
+        except CaptureError as e:
+            capture.stop()
+            if self.state is not CLOSED:
+                self._error(ErrorCode.STARTCAPTURE, f"cannot filter on {self.device}: {e}")
+            return False
+        return bool(placed) and not capture.stopping and self.state is not CLOSED
 
     def _begin(self, capture: SessionCapture, options: CaptureOptions) -> None:
         self._capture = capture
-        self.state = SessionState.CAPTURING
         self.log.info(
             "session={session} peer={peer} capture on {device} started: snaplen={snaplen} promiscuous={promisc}",
             device=escaped(self.device or ""),
@@ -786,6 +723,7 @@ class ServerSession:
         )
         sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
         sink.log_tag = f"session={self.session_id} peer={self.peer}"
+        self._enter(CAPTURING)
         capture.start_reading(reader, sink)
 
     def _capture_failed(self, capture: SessionCapture, why: str) -> None:
@@ -800,9 +738,10 @@ class ServerSession:
 
     def _end_capture(self) -> defer.Deferred[None]:
         """
-        Stop the capture now; its handle closes in the capture system's
-        thread.  Until it has (its final counters come with it), the session
-        handles no other request.
+        Stop the capture now (STARTING or CAPTURING -> CLOSING); its handle
+        closes in the capture system's thread.  Until it has (its final
+        counters come with it), the session handles no other request; then
+        the device is open again (-> OPEN).
         """
         capture, self._capture = self._capture, None
         if capture is None:
@@ -813,8 +752,8 @@ class ServerSession:
         self.packets_forwarded += sent
         counted = capture.counts()
         self.counters.capture_ended(counted)
-        if self.state is SessionState.CAPTURING:
-            self.state = SessionState.OPENED
+        if self.state is not CLOSED:
+            self._enter(CLOSING)
         device = self.device
 
         def ended(stats: Optional[CaptureStats]) -> None:
@@ -835,22 +774,15 @@ class ServerSession:
                 **self._tag(),
             )
 
-        d = capture.stop().addCallback(ended)
-        self._hold(d)
-        return d
-
-    def _hold(self, d: defer.Deferred[Any]) -> None:
-        """Handle no request until C{d} has fired."""
-        if d.called:
-            return
-        self._holds += 1
-
-        def release(result: object) -> object:
-            self._holds -= 1
-            self._drain()
+        def closed(result: object) -> object:
+            if self.state is CLOSING:
+                self._enter(OPEN)
             return result
 
-        d.addBoth(release)
+        d = capture.stop().addCallback(ended)
+        d.addBoth(closed)
+        self.requests.hold(d)
+        return d
 
     def _updatefilter(self, msg: UpdateFilterRequest) -> Optional[defer.Deferred[None]]:
         if self._capture is None:
@@ -866,7 +798,7 @@ class ServerSession:
         previous, capture.client_program = capture.client_program, program
 
         def placed(done: bool) -> None:
-            if self.state is SessionState.CLOSED:
+            if self.state is CLOSED:
                 return
             if not done:
                 self._error(ErrorCode.UPDATEFILTER, "the capture ended")
@@ -877,19 +809,23 @@ class ServerSession:
             f.trap(CaptureError)
             if capture.client_program is program:
                 capture.client_program = previous  # the old filter is still the one in place
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self._error(ErrorCode.UPDATEFILTER, f"cannot place the filter: {f.getErrorMessage()}")
 
         return capture.place().addCallbacks(placed, refused)
 
+    def _stats_of_last_capture(self, msg: StatsRequest) -> None:
+        """No capture runs: the counters of the last one (zeros before any)."""
+        self.channel.send_message(self._last_stats)
+
     def _stats(self, msg: StatsRequest) -> Optional[defer.Deferred[None]]:
         capture = self._capture
         if capture is None:
-            self.channel.send_message(self._last_stats)
+            self._stats_of_last_capture(msg)
             return None
 
         def counted(s: CaptureStats) -> None:
-            if self.state is SessionState.CLOSED:
+            if self.state is CLOSED:
                 return
             sink = capture.sink
             sent, dropped = (sink.sent, sink.dropped) if sink is not None else (0, 0)
@@ -909,7 +845,7 @@ class ServerSession:
 
         def failed(f: Failure) -> None:
             f.trap(CaptureError)
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self._error(ErrorCode.GETSTATS, f.getErrorMessage())
 
         return capture.stats().addCallbacks(counted, failed)
@@ -920,7 +856,7 @@ class ServerSession:
             return None
 
         def ended(_: object) -> None:
-            if self.state is not SessionState.CLOSED:
+            if self.state is not CLOSED:
                 self.channel.send_message(EndCaptureReply())
 
         return self._end_capture().addCallback(ended)
@@ -929,25 +865,17 @@ class ServerSession:
         if msg.method not in tuple(SamplingMethod):
             self._error(ErrorCode.SETSAMPLING, f"unknown sampling method {msg.method}")
             return
-        self.sampling = msg  # stored, not applied (libpcap does the same on Linux)
+        self.sampling = msg  # applied to the captures this session starts from now on
+        capture = self._capture or self._starting
+        if capture is not None:
+            capture.set_sampling(msg.method, msg.value)  # and to the one running
         self.channel.send_message(SetSamplingReply())
-
-    _HANDLERS: dict[type, Callable[[ServerSession, Any], Optional[defer.Deferred[None]]]] = {
-        AuthRequest: _again_auth,
-        FindAllInterfacesRequest: _findalldevs,
-        OpenRequest: _open,
-        StartCaptureRequest: _startcap,
-        UpdateFilterRequest: _updatefilter,
-        StatsRequest: _stats,
-        EndCaptureRequest: _endcap,
-        SetSamplingRequest: _setsampling,
-    }
 
     # --- teardown ------------------------------------------------------------------
 
     def close(self, why: str) -> None:
-        """End the session: stop any capture and close the control connection."""
-        if self.state is SessionState.CLOSED:
+        """End the session, from any state: stop any capture and close the control connection."""
+        if self.state is CLOSED:
             return
         self._end_capture()
         if self._starting is not None:
@@ -957,10 +885,37 @@ class ServerSession:
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
-        if self._yield_call is not None and self._yield_call.active():
-            self._yield_call.cancel()
-        self._yield_call = None
-        self.state = SessionState.CLOSED
-        self._queue.clear()
+        self.state = CLOSED
+        self.requests.stop()
         self.log.info("session={session} peer={peer} closed: {why}", why=why, **self._tag())
         self.channel.close()
+
+
+@attrs.frozen
+class _Starting:
+    """A session starting one capture, as its data-channel strategy sees it (L{CaptureStart})."""
+
+    session: ServerSession
+    capture: SessionCapture
+    options: CaptureOptions
+
+    def filter_first(self, data_channel: str) -> defer.Deferred[bool]:
+        return self.session._filter_first(self.capture, data_channel)  # type: ignore[no-any-return]
+
+    def begin(self) -> None:
+        self.session._begin(self.capture, self.options)
+
+    def answer(self, port: int) -> None:
+        self.session.channel.send_message(StartCaptureReply(self.options.buffer_size, port))
+
+    def sink_ready(self, sink: IPacketSink) -> None:
+        self.session._sink_ready(self.capture, sink)
+
+    def refuse(self, text: str) -> None:
+        self.session._error(ErrorCode.STARTCAPTURE, text)
+
+    def current(self) -> bool:
+        return self.session._capture is self.capture
+
+    def end(self) -> defer.Deferred[None]:
+        return self.session._end_capture()

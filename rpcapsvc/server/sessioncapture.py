@@ -19,10 +19,12 @@ from typing import Any, Callable, Hashable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..capture.blocking import BlockingRunner
 from ..capture.reader import CaptureReader
+from ..capture.sampling import SAMPLING_NONE, Sampler, sampler_for
 from ..capture.system import CaptureError, CaptureStats, ICaptureHandle, PrefixedProgram
 from ..protocol import bpf
 from ..protocol.wire import BpfProgram
@@ -88,6 +90,8 @@ def _fire(d: Deferred[Any], result: Any) -> None:
 class SessionCapture:
     """One capture of a session; see the module docstring."""
 
+    log = Logger()
+
     def __init__(
         self,
         handle: ICaptureHandle,
@@ -110,6 +114,10 @@ class SessionCapture:
         self.stopping = False
         self.description = description
         self.last_stats: Optional[CaptureStats] = None
+        self.sampler: Optional[Sampler] = None
+        """RPCAP sampling (L{set_sampling}); C{None}: every packet is forwarded."""
+        self._skipped_before = 0
+        """Packets skipped by the samplers this capture had before L{sampler}."""
         """The counters libpcap last reported for this capture (a client's stats request); C{None}: none yet."""
         self._run = run
         self._compile = compile
@@ -219,6 +227,38 @@ class SessionCapture:
     def compile_clauses(self, clauses: list[str], linktype: int) -> Deferred[list[Optional[BpfProgram]]]:
         return self._run(partial(compile_clauses, self._compile, clauses, linktype))
 
+    # --- sampling -----------------------------------------------------------------------
+
+    def set_sampling(self, method: int, value: int) -> None:
+        """
+        Sample this capture as a setsampling request asked (method 0: stop
+        sampling), from the next batch read on; raises C{ValueError} for an
+        unknown method.
+        """
+        sampler = sampler_for(method, value)
+        if self.sampler is not None:
+            self._skipped_before += self.sampler.skipped
+        self.sampler = sampler
+        if self.reader is not None:
+            self.reader.sampler = sampler
+        if sampler is not None:
+            self.log.info("{capture}: sampling {how}", capture=self.description, how=sampler.describe())
+        elif method != SAMPLING_NONE:
+            # libpcap 1.9 to 1.10's client sends (uint16)htonl(value): 0 on a little-endian machine.
+            self.log.warn(
+                "{capture}: sampling method {method} asked for with value {value}, which samples "
+                "nothing: every packet is forwarded (libpcap 1.9 and 1.10 clients on little-endian "
+                "machines send 0 whatever value the application set)",
+                capture=self.description,
+                method=method,
+                value=value,
+            )
+
+    @property
+    def sampled_out(self) -> int:
+        """Packets read but not forwarded because of sampling."""
+        return self._skipped_before + (self.sampler.skipped if self.sampler is not None else 0)
+
     # --- counters and the end ----------------------------------------------------------
 
     def stats(self) -> Deferred[CaptureStats]:
@@ -234,12 +274,15 @@ class SessionCapture:
         What this capture has forwarded and lost so far: its data channel's
         counts and the last counters libpcap reported (none are asked for).
         """
-        return capture_counts(self.sink, self.last_stats)
+        counts = capture_counts(self.sink, self.last_stats)
+        counts.sampled_out = self.sampled_out
+        return counts
 
     def start_reading(self, reader: CaptureReader, sink: IPacketSink) -> None:
         self.pending_sink = None
         self.sink = sink
         self.reader = reader
+        reader.sampler = self.sampler
         sink.attach_producer(reader)
         reader.start()
 

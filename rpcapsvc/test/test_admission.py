@@ -422,7 +422,7 @@ class IdleTimeoutTests(AdmissionTestBase):
         client.request(StartCaptureRequest(65535, 1000, StartCapFlags.DGRAM, 2003))
         self.reactor.advance(1000)
         self.channels.sinks[-1].on_lost("data connection closed")  # type: ignore[misc]
-        self.assertIs(client.session.state, SessionState.OPENED)
+        self.assertIs(client.session.state, SessionState.OPEN)
         self.reactor.advance(299.999)
         self.assertTrue(client.connected)
         self.reactor.advance(0.001)

@@ -302,7 +302,7 @@ class CaptureStartTests(HeldCallsBase):
         self.assertTrue(handle.closed)
         self.assertTrue(self.channels.sinks[-1].closed)
         self.assertEqual(len(self.factory.forwarded), 0)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertNoMisuse()
 
     def test_kernel_short_of_memory_gets_the_own_clause_alone(self) -> None:

@@ -33,8 +33,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from rpcapsvc.collector.client import (
+    MAX_UNEXPECTED,
     CaptureSettings,
     DatagramPacketReceiver,
+    ProtocolBroken,
     RemoteCapture,
     RpcapClientFactory,
     RpcapClientProtocol,
@@ -43,7 +45,6 @@ from rpcapsvc.collector.client import (
     start_capture,
 )
 from rpcapsvc.protocol.datachannel import CapturedPacket, PacketBatch, encode_packet_messages
-from rpcapsvc.protocol.framing import MessageTooLarge
 from rpcapsvc.protocol.udpstr import UdpStrFramer
 from rpcapsvc.protocol.wire import (
     BYTE_ORDER_MAGIC,
@@ -414,10 +415,10 @@ class ReplyTests(SynchronousTestCase):
         self.assertEqual((error.code, error.text), (ErrorCode.OPEN, "eth9: No such device exists"))
 
     def test_reply_of_the_wrong_type(self) -> None:
-        """A reply that answers another request fails with MalformedMessage."""
+        """A reply that answers another request fails with MalformedMessage, saying which was due."""
         d = self.answered(lambda p: p.stats(), OpenReply(1, 0))
         failure = self.failureResultOf(d, MalformedMessage)
-        self.assertIn("expected a reply of type 0x89", str(failure.value))
+        self.assertEqual(str(failure.value), "it answered with an open reply where a stats reply was due")
 
     def test_undecodable_reply(self) -> None:
         """A stats reply too short to hold the counters fails the request."""
@@ -528,8 +529,12 @@ class ConnectionTests(SynchronousTestCase):
         proto, transport = connected_client()
         d = proto.find_interfaces()
         proto.dataReceived(struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 0xFFFFFFF0))
-        self.failureResultOf(d, MessageTooLarge)
+        failure = self.failureResultOf(d, ProtocolBroken)
+        self.assertEqual(
+            str(failure.value), "it sent an oversized list of interfaces (4294967280 bytes; 16777216 at most)"
+        )
         self.assertFalse(transport.connected)
+        self.assertEqual(proto.parser.buffered, 0)
 
     def test_close(self) -> None:
         """close() says goodbye with a CLOSE message and hangs up."""
@@ -1017,3 +1022,68 @@ class CompileFilterTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             compile_filter("tcp port eighty", DLT_EN10MB, SNAPLEN)
         self.assertIn("tcp port eighty", str(caught.exception))
+
+
+class BoundsTests(SynchronousTestCase):
+    """Nothing a daemon sends on the control connection is kept without bound."""
+
+    def test_unsolicited_errors_end_the_session(self) -> None:
+        """
+        Errors that answer no request are kept up to L{MAX_UNEXPECTED}; one
+        more ends the session, saying why, and the rest is not read.
+        """
+        proto, transport = connected_client()
+        flood = ErrorReply(ErrorCode.READEX, "late\n\x1b[2J").encode()
+        proto.dataReceived(flood * MAX_UNEXPECTED)
+        self.assertTrue(transport.connected)
+        self.assertEqual(len(proto.errors), MAX_UNEXPECTED)
+        proto.dataReceived(flood * 1000)
+        self.assertFalse(transport.connected)
+        self.assertEqual(len(proto.errors), MAX_UNEXPECTED)
+        self.assertEqual(
+            proto.broken,
+            f"it sent {MAX_UNEXPECTED + 1} messages that answer no request (the last: error 9: late\\n\\x1b[2J)",
+        )
+        self.failureResultOf(proto.stats(), ConnectionDone)
+
+    def test_unasked_replies_end_the_session(self) -> None:
+        """Replies nobody asked for count the same way."""
+        proto, transport = connected_client()
+        proto.dataReceived(StatsReply(9, 9, 9, 9).encode() * (MAX_UNEXPECTED + 1))
+        self.assertFalse(transport.connected)
+        self.assertIn("answer no request (the last: a stats reply)", str(proto.broken))
+
+    def test_oversized_error_refused_at_its_header(self) -> None:
+        """A 1 MB error message is refused from its header alone: not one byte of it is buffered."""
+        proto, transport = connected_client()
+        proto.dataReceived(struct.pack("!BBHI", 0, MessageType.ERROR, 9, 1 << 20) + b"x" * 4096)
+        self.assertFalse(transport.connected)
+        self.assertEqual(proto.parser.buffered, 0)
+        self.assertEqual(proto.broken, "it sent an oversized error message (1048576 bytes; 65536 at most)")
+        self.assertEqual(proto.errors, [])
+
+    def test_oversized_small_reply_refused(self) -> None:
+        """A stats reply of 5000 bytes (it holds 16) is refused from its header."""
+        proto, transport = connected_client()
+        d = proto.stats()
+        proto.dataReceived(struct.pack("!BBHI", 0, MessageType.STATS_REPLY, 0, 5000))
+        self.failureResultOf(d, ProtocolBroken)
+        self.assertFalse(transport.connected)
+
+    def test_nothing_read_after_the_end(self) -> None:
+        """Once the session has ended for a broken protocol, what else comes is not looked at."""
+        proto, _ = connected_client()
+        proto.dataReceived(struct.pack("!BBHI", 0, MessageType.ERROR, 9, 1 << 20))
+        broken = proto.broken
+        proto.dataReceived(ErrorReply(1, "more").encode() * 100)
+        self.assertEqual(proto.broken, broken)
+        self.assertEqual(proto.errors, [])
+
+    def test_negative_link_type_refused(self) -> None:
+        """An open reply with a link type no capture file can hold fails the open."""
+        for linktype in (-5, 0x10000):
+            proto, _ = connected_client()
+            d = proto.open("eth0")
+            proto.dataReceived(OpenReply(linktype, 0).encode())
+            failure = self.failureResultOf(d, ProtocolBroken)
+            self.assertIn(f"link type {linktype}, which is no link type", str(failure.value))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from rpcapsvc.protocol.datachannel import (
+    PKTHDR,
     CapturedPacket,
     ClassicDatagramDecoder,
     PacketBatch,
@@ -23,7 +24,7 @@ from rpcapsvc.protocol.datachannel import (
     encode_packet_stream,
     iter_packet_messages,
 )
-from rpcapsvc.protocol.wire import MalformedMessage
+from rpcapsvc.protocol.wire import MalformedMessage, MessageType, frame
 
 from ._fixtures import FRAME_A, FRAME_B, PACKETS, PKTHDR_A, PKTHDR_B, captured, h
 
@@ -233,10 +234,44 @@ class ClassicDatagramDecoderTests(SynchronousTestCase):
 
     def test_numbers_wrap(self) -> None:
         decoder = ClassicDatagramDecoder()
-        # Two jumps forward (each under half the number space) bring it near the wrap.
-        for n in (1, 2**31 - 1, 2**32 - 2, 2**32 - 1, 1, 2):  # 0 is skipped: lost
+        decoder.sequence.expected = 2**32 - 5
+        for n in (2**32 - 5, 2**32 - 2, 2**32 - 1, 1, 2):  # 0 is skipped: lost
             decoder.feed(self.datagram(n))
-        self.assertEqual(decoder.lost_packets, (2**31 - 3) + (2**31 - 2) + 1)
+        self.assertEqual(decoder.lost_packets, 2 + 1)
+
+    def test_forged_number_is_a_resync_not_a_loss(self) -> None:
+        """
+        One packet numbered about 2**31 ahead (or behind) counts one
+        resynchronisation, and the packets after it are neither lost nor
+        late; every one is delivered.
+        """
+        for forged in (2**31 + 3, 2**31 - 10, 0xFFFF0000):
+            decoder = ClassicDatagramDecoder()
+            numbers = [1, 2, 3, forged, 4, 5, 7]
+            got = [p.npkt for n in numbers for p in decoder.feed(self.datagram(n))]
+            self.assertEqual(got, numbers)
+            self.assertEqual((decoder.lost_packets, decoder.resyncs, decoder.sequence.late), (1, 1, 0))
+
+    def test_confirmed_jump_is_followed(self) -> None:
+        """A sender that really jumped (two numbers in a row past the window) is followed from there."""
+        decoder = ClassicDatagramDecoder()
+        for n in (1, 2, 10**9, 10**9 + 1, 10**9 + 3):
+            decoder.feed(self.datagram(n))
+        self.assertEqual((decoder.lost_packets, decoder.resyncs), (1, 1))
+
+    def test_impossible_lengths_are_malformed(self) -> None:
+        """caplen > length, a 4 GB caplen, a caplen past the end, an empty message: counted, skipped, no crash."""
+        decoder = ClassicDatagramDecoder()
+        bad = [
+            frame(MessageType.PACKET, PKTHDR.pack(1, 0, 3, 2, 1) + b"abc"),
+            frame(MessageType.PACKET, PKTHDR.pack(1, 0, 0xFFFFFFFF, 0xFFFFFFFF, 1) + b"abc"),
+            frame(MessageType.PACKET, PKTHDR.pack(1, 0, 30, 30, 1) + b"abc"),
+            frame(MessageType.PACKET),
+        ]
+        for datagram in bad:
+            self.assertEqual(decoder.feed(datagram), [])
+        self.assertEqual(decoder.malformed, 4)
+        self.assertEqual([p.npkt for p in decoder.feed(self.datagram(1))], [1])
 
     def test_garbage_is_counted_not_raised(self) -> None:
         decoder = ClassicDatagramDecoder()

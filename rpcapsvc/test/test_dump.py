@@ -38,7 +38,9 @@ from rpcapsvc.collector import dump
 from rpcapsvc.collector.connect import Daemon
 from rpcapsvc.collector.dump import (
     EXIT_DAEMON_ENDED,
+    EXIT_PROTOCOL,
     EXIT_VANISHED,
+    SIGNAL_GRACE,
     CaptureCutShort,
     DataChannelError,
     Dump,
@@ -1422,3 +1424,122 @@ class StatsTests(SynchronousTestCase):
         run.capture = Capture()  # type: ignore[assignment]
         self.successResultOf(defer.ensureDeferred(run.poll()))
         self.assertEqual(self.successResultOf(run.done).code, EXIT_VANISHED)
+
+
+class HostileDaemonTests(RunTestsBase):
+    """A daemon that breaks the protocol, stops answering or sends terminal escapes (scripted by hand)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.endpoint = SilentEndpoint()
+
+    def say(self, *messages: Any) -> None:
+        """The daemon sends C{messages} (L{Message}s or raw bytes)."""
+        assert self.endpoint.transport is not None
+        for m in messages:
+            self.endpoint.transport.protocol.dataReceived(m if isinstance(m, bytes) else m.encode())
+
+    def test_escaped_interface_list(self) -> None:
+        """-D prints what the daemon named its interfaces as tcpdump would: printable ASCII, one line each."""
+        from rpcapsvc.protocol.wire import AuthReply, FindAllInterfacesReply, InterfaceInfo
+
+        d = self.start("-D", "rpcap://192.0.2.9:2002/")
+        hostile = InterfaceInfo("eth0\x1b[2J\x1b]0;pwned\x07", "line\r\nforged \u202e", 6)
+        self.say(AuthReply(), FindAllInterfacesReply((hostile,)))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(
+            self.stdout_bytes(),
+            b"1.eth0\\x1b[2J\\x1b]0;pwned\\x07 (line\\r\\nforged \\xe2\\x80\\xae) [Up]\n",
+        )
+
+    def test_silent_after_login(self) -> None:
+        """A daemon that answers the login and then nothing: the deadline names the request it left unanswered."""
+        from rpcapsvc.protocol.wire import AuthReply
+
+        d = self.start("--timeout", "3", "-D", "rpcap://192.0.2.9:2002/")
+        self.say(AuthReply())
+        self.reactor.advance(3)
+        error = self.failureResultOf(d, DumpError).value
+        self.assertEqual(
+            str(error),
+            "the daemon did not answer the request for its interfaces within 3 s (--timeout to wait longer)",
+        )
+
+    def test_oversized_reply(self) -> None:
+        """A list of interfaces announced at 4 GB: refused at once, exit status 6."""
+        import struct
+
+        from rpcapsvc.protocol.wire import AuthReply, MessageType
+
+        d = self.start("-D", "rpcap://192.0.2.9:2002/")
+        self.say(AuthReply(), struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 0xFFFFFFFF))
+        error = self.failureResultOf(d, DumpError).value
+        self.assertEqual(error.code, EXIT_PROTOCOL)
+        self.assertEqual(
+            str(error),
+            "the daemon at 192.0.2.9:2002 broke the protocol: it sent an oversized list of interfaces"
+            " (4294967295 bytes; 16777216 at most)",
+        )
+
+    def test_negative_link_type(self) -> None:
+        """An open reply with link type -5: exit status 6, nothing written."""
+        from rpcapsvc.protocol.wire import AuthReply, FindAllInterfacesReply, InterfaceInfo, OpenReply
+
+        path = self.mktemp()
+        d = self.start("-w", path, "rpcap://192.0.2.9:2002/eth0")
+        self.say(AuthReply(), FindAllInterfacesReply((InterfaceInfo("eth0", "", 6),)), OpenReply(-5, 0))
+        error = self.failureResultOf(d, DumpError).value
+        self.assertEqual(error.code, EXIT_PROTOCOL)
+        self.assertIn("broke the protocol: it opened the interface with link type -5", str(error))
+        self.assertFalse(os.path.exists(path))
+
+
+class HostileCaptureTests(RunTestsBase):
+    """Mid-capture, against rpcapsvc's own daemon, with the daemon's side of the control connection forged."""
+
+    def capturing(self, path: str) -> tuple[defer.Deferred[int], DumpClient]:
+        d = self.start("-w", path, "--udp", f"rpcap://{DAEMON_HOST}/eth0")
+        [udp] = self.reactor.udpPorts
+        self.daemon.capture([(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)])
+        self.daemon.forward_udp(udp.protocol)
+        [run] = dump._runs
+        assert run.client is not None
+        return d, run.client
+
+    def test_error_flood(self) -> None:
+        """1 MB error messages mid-capture: refused from the header, exit 6, the file complete."""
+        import struct
+
+        from rpcapsvc.protocol.wire import MessageType
+
+        path = self.mktemp()
+        d, client = self.capturing(path)
+        client.dataReceived(struct.pack("!BBHI", 0, MessageType.ERROR, 9, 1 << 20) + b"x" * 65536)
+        error = self.failed(d, CaptureCutShort)
+        self.assertEqual(error.code, EXIT_PROTOCOL)
+        self.assertEqual(
+            str(error),
+            "the daemon broke the protocol: it sent an oversized error message (1048576 bytes; 65536 at most)",
+        )
+        self.assertEqual(client.parser.buffered, 0)
+        with open(path, "rb") as f:
+            self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET), (2, 0, UDP_PACKET)]))
+
+    def test_signal_with_a_daemon_that_never_answers(self) -> None:
+        """
+        Ctrl-C, and the daemon never answers the last stats or the endcap:
+        the run ends within SIGNAL_GRACE, the file complete, whatever --timeout says.
+        """
+        path = self.mktemp()
+        d = self.start("--timeout", "60", "-w", path, "--udp", f"rpcap://{DAEMON_HOST}/eth0")
+        [udp] = self.reactor.udpPorts
+        self.daemon.capture([(1, 0, ICMP_PACKET)])
+        self.daemon.forward_udp(udp.protocol)
+        dump.interrupt_all("SIGINT")  # the stats request goes out, and is never answered (no flush)
+        self.reactor.advance(SIGNAL_GRACE - 0.01)
+        self.assertNoResult(d)
+        self.reactor.advance(0.01)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.lines()[-1], "rpcap-dump: interrupted by Ctrl-C (SIGINT)")
+        with open(path, "rb") as f:
+            self.assertEqual(read_capture(self, f.read()), (1, [(1, 0, ICMP_PACKET)]))

@@ -251,7 +251,30 @@ class ConfigTests(SynchronousTestCase):
 class SentenceTests(SynchronousTestCase):
     def test_braces_and_lines_cannot_break_a_sentence(self) -> None:
         line = extcap.sentence("value", ("arg", 1), ("display", "a{b}c\nd"), ("default", True), ("x", None))
-        self.assertEqual(line, "value {arg=1}{display=a(b)c d}{default=true}")
+        self.assertEqual(line, "value {arg=1}{display=a(b)c\\nd}{default=true}")
+
+    def test_a_daemons_interfaces_are_escaped(self) -> None:
+        """
+        Names and descriptions with escape sequences, line breaks and braces
+        reach Wireshark as one sentence each, in printable ASCII.
+        """
+        hostile = (
+            InterfaceInfo("eth0\x1b]0;pwned\x07}{arg=9}", "desc\r\nvalue {arg=1}{value=x}", 6),
+            InterfaceInfo("e" * 70000, "", 6),
+        )
+        lines = extcap.interface_values("rpcap", hostile)
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            line.encode("ascii")
+            self.assertFalse(any(c < " " for c in line), line)
+            self.assertEqual(line.count("{"), line.count("}"))
+        number = lines[0].split("}")[0]
+        self.assertEqual(
+            lines[0],
+            number + "}{value=eth0\\x1b]0;pwned\\x07)(arg=9)}"
+            "{display=eth0\\x1b]0;pwned\\x07)(arg=9) (desc\\r\\nvalue (arg=1)(value=x)) [Up]}{default=true}",
+        )
+        self.assertLess(len(lines[1]), 2000)
 
 
 class FilterTests(SynchronousTestCase):

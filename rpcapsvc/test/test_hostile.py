@@ -401,8 +401,9 @@ class HostileStreamTests(SynchronousTestCase):
         if client.connected:
             self.assertIsNot(session.state, SessionState.CLOSED)
             self.assertIn(client.protocol, self.factory.sessions)
-            # One capture at most, and only while capturing.
-            self.assertEqual(len(open_handles), 1 if session.state is SessionState.CAPTURING else 0)
+            # One capture at most, and only while starting or capturing.
+            capturing = (SessionState.STARTING, SessionState.CAPTURING)
+            self.assertEqual(len(open_handles), 1 if session.state in capturing else 0)
             if session.state is not SessionState.CAPTURING:
                 self.assertEqual(self.reactor.readers, set())
         else:

@@ -142,6 +142,7 @@ class DaemonMetricsTests(DaemonTestBase):
                 ("rpcapd_packets_dropped_total", (("where", "kernel"),)): 0,
                 ("rpcapd_packets_dropped_total", (("where", "interface"),)): 0,
                 ("rpcapd_packets_dropped_total", (("where", "send"),)): 0,
+                ("rpcapd_packets_sampled_out_total", ()): 0,
                 ("rpcapd_auth_failures_total", ()): 0,
             },
         )
@@ -471,6 +472,11 @@ class CollectorMetricsTests(SynchronousTestCase):
                 ("rpcapcollect_daemons_capturing", ()): 0,
                 ("rpcapcollect_files_written_total", ()): 0,
                 ("rpcapcollect_metric_series_evicted_total", ()): 0,
+                ("rpcapcollect_connections_total", ()): 0,
+                ("rpcapcollect_unexpected_messages_total", ()): 0,
+                ("rpcapcollect_foreign_data_total", ()): 0,
+                ("rpcapcollect_buffered_bytes", ()): 0,
+                ("rpcapcollect_files_deleted_by_budget_total", ()): 0,
             },
         )
 

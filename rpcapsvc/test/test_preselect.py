@@ -80,7 +80,7 @@ class PreselectedInterfaceTests(SynchronousTestCase):
         )
 
     def chosen(self, ifname: Optional[str] = None, ifaddr: Optional[str] = None) -> Optional[str]:
-        return self.factory(ifname, ifaddr).preselected_interface()
+        return self.successResultOf(self.factory(ifname, ifaddr).preselected_interface())
 
     def test_neither(self) -> None:
         """No ifname, no ifaddr: no preselection of the collector's own (the policy decides)."""
@@ -167,13 +167,14 @@ class PreselectedInterfaceTests(SynchronousTestCase):
     def test_looked_up_each_time(self) -> None:
         """Addresses move: each session looks again (the fork looks once, when it reads its file)."""
         factory = self.factory(ifaddr="198.51.100.0/24")
-        self.assertEqual(factory.preselected_interface(), "eth1")
+        self.assertEqual(self.successResultOf(factory.preselected_interface()), "eth1")
         self.system.interfaces = [LO, interface("eth1"), interface("eth3", "198.51.100.8")]
-        self.assertEqual(factory.preselected_interface(), "eth3")
+        self.assertEqual(self.successResultOf(factory.preselected_interface()), "eth3")
         self.system.interfaces = [LO]
         with capturedLogs():
             self.assertEqual(
-                factory.preselected_interface(), "(no interface with an address in 198.51.100.0/24)"
+                self.successResultOf(factory.preselected_interface()),
+                "(no interface with an address in 198.51.100.0/24)",
             )
 
     def test_from_config(self) -> None:

@@ -49,8 +49,15 @@ from rpcapsvc.protocol.wire import (
     frame,
 )
 from rpcapsvc.server.control import RpcapServerFactory
-from rpcapsvc.server.session import SessionPolicy, SessionState
-from rpcapsvc.testing import FakeCaptureHandle, FakeCaptureSystem, FakeDataChannels, RecordingSink
+from rpcapsvc.server.session import (
+    REQUESTS,
+    TRANSITIONS,
+    IllegalTransition,
+    ServerSession,
+    SessionPolicy,
+    SessionState,
+)
+from rpcapsvc.testing import FakeCaptureHandle, FakeCaptureSystem, FakeDataChannels, HeldRunner, RecordingSink
 
 from ._fixtures import (
     ETH0,
@@ -172,7 +179,7 @@ class AuthTests(SessionTestBase):
         [reply] = client.replies()
         self.assertError(reply, ErrorCode.AUTH_FAILED)
         self.assertTrue(client.connected)
-        self.assertEqual(client.session.state, SessionState.AWAITING_AUTH)
+        self.assertEqual(client.session.state, SessionState.AUTHENTICATING)
 
     def test_retry_after_refused_auth(self) -> None:
         """After a refused login the client may try again and succeed."""
@@ -387,7 +394,7 @@ class OpenTests(SessionTestBase):
         self.system.linktype = 113
         client = self.authed()
         self.assertEqual(client.request(OpenRequest("eth0")), OpenReply(113, 0))
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertEqual(client.session.device, "eth0")
 
     def test_open_refuses_non_interfaces(self) -> None:
@@ -429,7 +436,7 @@ class StartCaptureTests(SessionTestBase):
         reply = client.request(StartCaptureRequest(1500, 1000, StartCapFlags.PROMISC, 0))
         self.assertEqual(self.channels.requests, [("listen", LOCAL_HOST, PEER_HOST)])
         self.assertEqual(reply, StartCaptureReply(2 * 1024 * 1024, 40001))
-        self.assertEqual(client.session.state, SessionState.CAPTURING)
+        self.assertEqual(client.session.state, SessionState.STARTING)  # waiting for the data connection
         [handle] = self.system.handles
         self.assertTrue(handle.options.promiscuous)
         handle.inject([(1, 2, ICMP_PACKET)])
@@ -438,6 +445,7 @@ class StartCaptureTests(SessionTestBase):
         self.assertIsNone(sink.producer)
 
         self.channels.pending[-1].callback(None)
+        self.assertEqual(client.session.state, SessionState.CAPTURING)
         reader = self.reader(sink)
         self.assertIn(reader, self.reactor.readers)
         self.assertEqual(reader.fileno(), handle.fileno())
@@ -455,7 +463,7 @@ class StartCaptureTests(SessionTestBase):
         reply = self.assertError(client.replies()[0], ErrorCode.STARTCAPTURE)
         self.assertIn("did not open", reply.text)
         self.assertTrue(self.system.handles[-1].closed)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
 
     def test_passive_tcp_endcap_before_connection(self) -> None:
         client = self.opened()
@@ -518,7 +526,7 @@ class StartCaptureTests(SessionTestBase):
         )
         self.assertIn("connection refused", reply.text)
         self.assertTrue(self.system.handles[-1].closed)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertEqual(self.reactor.readers, set())
 
     def test_with_filter(self) -> None:
@@ -562,7 +570,7 @@ class StartCaptureTests(SessionTestBase):
             self.assertError(reply, ErrorCode.STARTCAPTURE)
         self.assertEqual(self.system.handles, [])
         self.assertEqual(self.channels.requests, [])
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertIsInstance(client.request(StartCaptureRequest(65535, 1000, 2, 2003)), StartCaptureReply)
 
     def test_before_open(self) -> None:
@@ -585,7 +593,7 @@ class StartCaptureTests(SessionTestBase):
             client.request(StartCaptureRequest(65535, 1000, 2, 2003)), ErrorCode.STARTCAPTURE
         )
         self.assertIn("not up", reply.text)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
 
     def test_snaplen(self) -> None:
         """The client's snaplen reaches the sink; 0 or an excessive one means the maximum."""
@@ -679,7 +687,7 @@ class EndCaptureTests(SessionTestBase):
         self.assertTrue(handle.closed)
         self.assertTrue(sink.closed)
         self.assertNotIn(reader, self.reactor.readers)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertTrue(client.connected)
 
     def test_endcap_without_capture(self) -> None:
@@ -785,7 +793,7 @@ class GarbageTests(SessionTestBase):
         client = self.connect()
         client.send(HEADER.pack(1, 8, 0, 8) + b"\0" * 8)
         self.assertError(client.replies()[0], ErrorCode.WRONGVER)
-        self.assertEqual(client.session.state, SessionState.AWAITING_AUTH)
+        self.assertEqual(client.session.state, SessionState.AUTHENTICATING)
 
     def test_unknown_type(self) -> None:
         client = self.authed()
@@ -859,7 +867,7 @@ class CaptureFailureTests(SessionTestBase):
         [reply] = client.replies()
         error = self.assertError(reply, ErrorCode.READEX)
         self.assertIn("device went away", error.text)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertTrue(handle.closed)
         self.assertTrue(sink.closed)
         self.assertNotIn(reader, self.reactor.readers)
@@ -873,7 +881,7 @@ class CaptureFailureTests(SessionTestBase):
         sink.on_lost("data connection closed")  # type: ignore[operator]
         self.assertTrue(handle.closed)
         self.assertNotIn(reader, self.reactor.readers)
-        self.assertEqual(client.session.state, SessionState.OPENED)
+        self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertTrue(client.connected)
         self.assertIsInstance(client.request(StartCaptureRequest(100, 1000, 2, 2003)), StartCaptureReply)
 
@@ -1049,3 +1057,83 @@ class LogTests(SessionTestBase):
             ),
             lines[1],
         )
+
+
+class StateMachineTests(SessionTestBase):
+    """The session's life as its two tables describe it (session.TRANSITIONS, session.REQUESTS)."""
+
+    def test_every_row_has_a_handler(self) -> None:
+        for (state, request), handler in REQUESTS.items():
+            self.assertIn(state, TRANSITIONS)
+            if isinstance(handler, str):
+                self.assertTrue(callable(getattr(ServerSession, handler, None)), (state, request, handler))
+
+    def test_every_state_is_reachable(self) -> None:
+        reached = {SessionState.AUTHENTICATING}
+        for _ in TRANSITIONS:
+            reached |= {after for state in reached for after in TRANSITIONS[state]}
+        self.assertEqual(reached | {SessionState.CLOSED}, set(SessionState))
+
+    def test_an_illegal_move_is_refused(self) -> None:
+        client = self.authed()
+        with self.assertRaises(IllegalTransition):
+            client.session._enter(SessionState.CAPTURING)
+        self.assertEqual(client.session.state, SessionState.READY)
+
+    def test_a_whole_life(self) -> None:
+        """A passive capture's states, the capture closing in the capture system's thread."""
+        runner = HeldRunner()
+        self.system = FakeCaptureSystem([LO, ETH0], run_blocking=runner)
+        client = self.connect(self.make_factory())
+        seen = [client.session.state]
+        client.request(AuthRequest(0))
+        seen.append(client.session.state)
+        client.send(OpenRequest("eth0"))
+        runner.release_all()
+        seen.append(client.session.state)
+        client.send(StartCaptureRequest(1500, 1000, 0, 0))
+        seen.append(client.session.state)
+        runner.release_all()
+        self.assertIsInstance(client.replies()[-1], StartCaptureReply)
+        seen.append(client.session.state)  # replied; waiting for the data connection
+        self.channels.pending[-1].callback(None)
+        seen.append(client.session.state)
+        client.send(EndCaptureRequest(), StatsRequest())
+        seen.append(client.session.state)
+        self.assertEqual(client.replies(), [])  # the stats wait for the capture to close
+        runner.release_all()
+        seen.append(client.session.state)
+        self.assertEqual([type(m) for m in client.replies()], [EndCaptureReply, StatsReply])
+        client.send(CloseRequest())
+        seen.append(client.session.state)
+        S = SessionState
+        self.assertEqual(
+            seen,
+            [
+                S.AUTHENTICATING,
+                S.READY,
+                S.OPEN,
+                S.STARTING,
+                S.STARTING,
+                S.CAPTURING,
+                S.CLOSING,
+                S.OPEN,
+                S.CLOSED,
+            ],
+        )
+        self.assertFalse(client.connected)
+
+    def test_a_start_that_fails_leaves_the_device_open(self) -> None:
+        """Refused before the capture was the session's (opening it) or after (the data connection)."""
+        client = self.opened()
+        self.system.refuse_open = "not today"
+        self.assertError(client.request(StartCaptureRequest(1500, 1000, StartCapFlags.DGRAM, 2003)), 12)
+        self.assertEqual(client.session.state, SessionState.OPEN)
+        self.system.refuse_open = None
+        self.channels.fail_connect = ConnectionRefusedError("refused")
+        reply = self.assertError(
+            client.request(StartCaptureRequest(1500, 1000, StartCapFlags.SERVEROPEN, 2003)), 12
+        )
+        self.assertIn("cannot connect the data channel", reply.text)
+        self.assertEqual(client.session.state, SessionState.OPEN)
+        self.assertTrue(all(h.closed for h in self.system.handles))

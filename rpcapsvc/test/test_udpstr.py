@@ -102,6 +102,7 @@ def decode(datagrams: list[bytes]) -> tuple[UdpStrDecoder, list[CapturedPacket]]
     packets = []
     for datagram in datagrams:
         packets += decoder.feed(datagram)
+    packets += decoder.release_held()  # the capture went quiet
     return decoder, packets
 
 
@@ -325,17 +326,87 @@ class DecoderTests(SynchronousTestCase):
     def test_lostDatagram(self) -> None:
         """
         After a seqno gap the packet in progress is dropped and reading goes
-        on at the next first header; the npkt gap counts the packets lost.
+        on at the next first header, once the datagram after the gap is
+        confirmed by the one that follows it; the npkt gap counts the
+        packets lost.
         """
         decoder = UdpStrDecoder()
         self.assertEqual(decoder.feed(datagram(8, 0, PKTHDR_A + FRAME_A[:4])), [])
-        # seqno 1 lost; seqno 2 finishes packet 1 and holds packet 3 (npkt 3).
+        # seqno 1 lost; seqno 2 finishes packet 1 and holds packet 3 (npkt 3), with packet 4 begun.
         packet3 = PKTHDR.pack(9, 9, 1, 1, 3) + b"z"
+        packet4 = PKTHDR.pack(9, 9, 2, 2, 4) + b"yy"
+        self.assertEqual(decoder.feed(datagram(12, 2, b"????" + packet3 + packet4[:21])), [])
+        self.assertTrue(decoder.holding)
         self.assertEqual(
-            decoder.feed(datagram(12, 2, b"????" + packet3)), [CapturedPacket(9, 9, 1, 1, 3, b"z")]
+            decoder.feed(datagram(0xFFFF, 3, packet4[21:])),
+            [CapturedPacket(9, 9, 1, 1, 3, b"z"), CapturedPacket(9, 9, 2, 2, 4, b"yy")],
         )
         self.assertEqual((decoder.lost_datagrams, decoder.lost_packets), (1, 2))
-        self.assertEqual(decoder.expected_seqno, 3)
+        self.assertEqual(decoder.expected_seqno, 4)
+
+    def test_heldDatagramReleased(self) -> None:
+        """A datagram after a gap that nothing follows comes out when released (the capture went quiet)."""
+        decoder = UdpStrDecoder()
+        decoder.feed(datagram(8, 0, PKTHDR_A + FRAME_A))
+        self.assertEqual(decoder.feed(datagram(8, 2, PKTHDR_B + FRAME_B)), [])
+        self.assertEqual(decoder.release_held(), captured(PACKETS)[1:])
+        self.assertEqual(decoder.release_held(), [])
+        self.assertFalse(decoder.holding)
+
+    def test_forgedSeqnoAhead(self) -> None:
+        """
+        One datagram with a seqno 80 ahead (a forgery, or a stray) makes no
+        genuine datagram after it stale: it is dropped when the expected one
+        comes, and nothing is counted lost.
+        """
+        frames = [(1, n, bytes([n]) * 30) for n in range(40)]
+        framer = UdpStrFramer(100)
+        genuine = framer.pack_batch(PacketBatch.from_packets(frames), 65535, 1)
+        last = framer.flush()
+        genuine += [last] if last is not None else []
+        forged = datagram(8, 5 + 80, PKTHDR.pack(7, 7, 3, 3, 5000) + b"bad")
+        decoder = UdpStrDecoder()
+        packets = []
+        for i, d in enumerate(genuine):
+            packets += decoder.feed(d)
+            if i == 5:
+                packets += decoder.feed(forged)
+        packets += decoder.release_held()
+        self.assertEqual([p.npkt for p in packets], list(range(1, 41)))
+        self.assertEqual(
+            (
+                decoder.lost_datagrams,
+                decoder.lost_packets,
+                decoder.stale_datagrams,
+                decoder.unconfirmed_datagrams,
+            ),
+            (0, 0, 0, 1),
+        )
+
+    def test_seqnoJumpBeyondWindow(self) -> None:
+        """A confirmed seqno jump past the window is a resynchronisation, not billions lost."""
+        decoder = UdpStrDecoder()
+        decoder.feed(datagram(8, 0, PKTHDR_A + FRAME_A))
+        self.assertEqual(decoder.feed(datagram(8, 2**31, PKTHDR.pack(1, 1, 1, 1, 2) + b"a")), [])
+        self.assertEqual(len(decoder.feed(datagram(8, 2**31 + 1, PKTHDR.pack(1, 1, 1, 1, 3) + b"b"))), 2)
+        self.assertEqual((decoder.lost_datagrams, decoder.resyncs, decoder.lost_packets), (0, 1, 0))
+
+    def test_implausibleLengths(self) -> None:
+        """A packet whose caplen is more than its length is counted as malformed and skipped, the rest kept."""
+        bad = PKTHDR.pack(1, 1, 3, 2, 2) + b"abc"
+        decoder = UdpStrDecoder()
+        got = decoder.feed(datagram(8, 0, PKTHDR_A + FRAME_A + bad + PKTHDR.pack(5, 6, 1, 1, 3) + b"x"))
+        self.assertEqual([p.npkt for p in got], [1, 3])
+        self.assertEqual((decoder.malformed, decoder.lost_packets), (1, 1))
+
+    def test_caplen4GB(self) -> None:
+        """A caplen of 4 GB is malformed: nothing is allocated for it, the next datagram decodes."""
+        decoder = UdpStrDecoder()
+        self.assertEqual(
+            decoder.feed(datagram(8, 0, PKTHDR.pack(1, 1, 0xFFFFFFFF, 0xFFFFFFFF, 1) + b"abc")), []
+        )
+        self.assertEqual((decoder.malformed, decoder.in_progress), (1, 0))
+        self.assertEqual(decoder.feed(datagram(8, 1, PKTHDR_B + FRAME_B)), captured(PACKETS)[1:])
 
     def test_lostDatagramNoHeader(self) -> None:
         """After a gap, a datagram in which no header begins is skipped whole."""
@@ -370,14 +441,15 @@ class DecoderTests(SynchronousTestCase):
         """npkt is a u32: the gap is counted across the wrap."""
         packets = numbered(1, 2, 3, 4)
         framer = UdpStrFramer(1472)
-        framer.pack_batch(PacketBatch.from_packets(packets[:1]), 65535, 1)
-        framer.pack_batch(PacketBatch.from_packets(packets[1:2]), 65535, 0x7FFFFFFF)
-        framer.pack_batch(PacketBatch.from_packets(packets[2:]), 65535, 0xFFFFFFFF)
+        framer.pack_batch(PacketBatch.from_packets(packets[:1]), 65535, 0xFFFFFFF0)
+        framer.pack_batch(PacketBatch.from_packets(packets[1:2]), 65535, 0xFFFFFFFF)
+        framer.pack_batch(PacketBatch.from_packets(packets[2:]), 65535, 2)
         flushed = framer.flush()
         assert flushed is not None
         decoder = UdpStrDecoder()
-        self.assertEqual([p.npkt for p in decoder.feed(flushed)], [1, 0x7FFFFFFF, 0xFFFFFFFF, 0])
-        self.assertEqual(decoder.lost_packets, (0x7FFFFFFF - 2) + (0xFFFFFFFF - 0x80000000))
+        decoder.npkts.expected = 0xFFFFFFF0
+        self.assertEqual([p.npkt for p in decoder.feed(flushed)], [0xFFFFFFF0, 0xFFFFFFFF, 2, 3])
+        self.assertEqual(decoder.lost_packets, 14 + 2)
 
     def test_notUdpStr(self) -> None:
         """
@@ -603,7 +675,8 @@ class FramingPropertyTests(SynchronousTestCase):
 
         decoder, packets = decode(datagrams[:dropped] + datagrams[dropped + 1 :])
         self.assertEqual(packets, kept)
-        self.assertEqual(decoder.lost_datagrams, 1 if dropped < len(datagrams) - 1 else 0)
+        # A gap counts once a datagram after it is continued by the next one.
+        self.assertEqual(decoder.lost_datagrams, 1 if dropped < len(datagrams) - 2 else 0)
         last_seen = max((p.npkt for p in packets), default=0)
         self.assertEqual(decoder.lost_packets, len([n for n in lost if n < last_seen]))
         self.assertEqual((decoder.stale_datagrams, decoder.malformed), (0, 0))
