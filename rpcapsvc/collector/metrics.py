@@ -127,6 +127,40 @@ class CollectorMetrics:
                 "rpcapcollect_files_written",
                 "Capture files started: one per capture, and one more at each rotation.",
             ),
+            "connections": CounterMetricFamily(
+                "rpcapcollect_connections",
+                "Connections daemons (or anyone) made to the collector.",
+            ),
+            "refused": CounterMetricFamily(
+                "rpcapcollect_connections_refused",
+                "Connections refused at once because daemons capturing filled a limit, by reason "
+                "(max-daemons, max-daemons-per-host).",
+                labels=["reason"],
+            ),
+            "closed": CounterMetricFamily(
+                "rpcapcollect_connections_closed",
+                "Connections the collector hung up on, by reason: login-timeout (not capturing in "
+                "time), made-room (not capturing, closed for a newer connection), max-buffered, "
+                "reply-timeout (a stats request unanswered), protocol (the daemon broke RPCAP).",
+                labels=["reason"],
+            ),
+            "unsolicited": CounterMetricFamily(
+                "rpcapcollect_unexpected_messages",
+                "Messages daemons sent that answered no request, or not the one asked.",
+            ),
+            "foreign": CounterMetricFamily(
+                "rpcapcollect_foreign_data",
+                "Datagrams and data connections from others than the daemon, turned away unwritten.",
+            ),
+            "buffered": GaugeMetricFamily(
+                "rpcapcollect_buffered_bytes",
+                "Bytes of unfinished messages the daemons' connections hold now (bounded by --max-buffered).",
+            ),
+            "deleted": CounterMetricFamily(
+                "rpcapcollect_files_deleted_by_budget",
+                "Capture files deleted to keep the directory within --max-daemon-files, "
+                "--max-total-files and --max-size.",
+            ),
             "evicted": CounterMetricFamily(
                 "rpcapcollect_metric_series_evicted",
                 f"(daemon, interface) series forgotten to keep at most {self.collector.series.limit} "
@@ -140,9 +174,13 @@ class CollectorMetrics:
         live_written: dict[SeriesKey, int] = {}
         live_lost: dict[SeriesKey, int] = {}
         files = collector.files_ended
+        unsolicited = collector.unsolicited_ended
+        foreign = collector.foreign_ended
         connected = capturing = 0
         for session in list(collector.sessions):
             connected += 1
+            unsolicited += session.unsolicited
+            foreign += session.foreign
             if session.files is not None:
                 capturing += 1
                 files += session.files.files_opened
@@ -158,4 +196,13 @@ class CollectorMetrics:
             families["lost"].add_metric(labels, totals.lost + live_lost.get(key, 0))
         families["files"].add_metric([], files)
         families["evicted"].add_metric([], collector.series.evicted)
+        families["connections"].add_metric([], collector.connections)
+        for reason, count in sorted(collector.refused.items()):
+            families["refused"].add_metric([reason], count)
+        for reason, count in sorted(collector.closed.items()):
+            families["closed"].add_metric([reason], count)
+        families["unsolicited"].add_metric([], unsolicited)
+        families["foreign"].add_metric([], foreign)
+        families["buffered"].add_metric([], collector.buffered())
+        families["deleted"].add_metric([], collector.budget.deleted)
         return iter(families.values())

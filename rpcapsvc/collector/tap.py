@@ -8,9 +8,16 @@ from typing import Any
 from twisted.python import usage
 
 from ..protocol.bpf import MAXIMUM_SNAPLEN
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD
 from ..usage import OneLineErrors, endpoint_option
 from .files import FORMATS
-from .service import DEFAULT_LISTEN, CollectorService, CollectorSettings
+from .service import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_SIZE, CollectorService, CollectorSettings
+
+MIN_MESSAGE_SIZE = DEFAULT_MAX_PAYLOAD
+"""The client takes messages up to this size whatever it is told (a full filter and more)."""
+
+DAEMON_FILES_PER_MAX_FILES = 16
+"""With --max-files N, a daemon keeps at most 16 N files whatever interface names it sends."""
 
 
 class Options(OneLineErrors):
@@ -55,6 +62,59 @@ class Options(OneLineErrors):
             30.0,
             "Seconds to hold a daemon whose capture could not start before hanging up "
             "(it dials again at once, so this is how often it is retried).",
+            float,
+        ],
+        [
+            "login-timeout",
+            None,
+            10.0,
+            "Seconds a daemon has, from connecting, to log in and start its capture.",
+            float,
+        ],
+        ["max-daemons", None, 256, "Daemons capturing at once; more are refused.", int],
+        [
+            "max-daemons-per-host",
+            None,
+            16,
+            "Daemons of one address (an IPv6 /64) capturing at once; more are refused.",
+            int,
+        ],
+        [
+            "max-unanswered",
+            None,
+            32,
+            "Connections not capturing (yet); past it the oldest is closed to make room.",
+            int,
+        ],
+        ["max-unanswered-per-host", None, 8, "The same, per address (an IPv6 /64).", int],
+        [
+            "max-message-size",
+            None,
+            DEFAULT_MAX_MESSAGE_SIZE,
+            "Largest message (bytes) a daemon may send; a larger one ends its session.",
+            int,
+        ],
+        [
+            "max-buffered",
+            None,
+            64.0,
+            "Megabytes of unfinished messages all connections may hold; past it the largest holder is closed.",
+            float,
+        ],
+        [
+            "max-daemon-files",
+            None,
+            None,
+            "Keep at most N files per daemon, all its interfaces together (default 16 x --max-files).",
+            int,
+        ],
+        ["max-total-files", None, None, "Keep at most N files in all.", int],
+        [
+            "max-size",
+            None,
+            None,
+            "Keep at most this many megabytes of files in all (oldest closed files of the "
+            "daemon holding the most go first; needs --rotate-size or --rotate-seconds).",
             float,
         ],
     ]
@@ -105,9 +165,30 @@ class Options(OneLineErrors):
         self["snaplen"] = self["snaplen"] or MAXIMUM_SNAPLEN
         if self["format"] not in FORMATS:
             raise usage.UsageError(f"--format must be one of {', '.join(FORMATS)}")
-        for name in ("rotate-size", "rotate-seconds", "max-files", "stats-interval", "retry-refused"):
+        for name in (
+            "rotate-size",
+            "rotate-seconds",
+            "max-files",
+            "stats-interval",
+            "retry-refused",
+            "login-timeout",
+            "max-daemons",
+            "max-daemons-per-host",
+            "max-unanswered",
+            "max-unanswered-per-host",
+            "max-buffered",
+            "max-daemon-files",
+            "max-total-files",
+            "max-size",
+        ):
             if self[name] is not None and self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["max-message-size"] < MIN_MESSAGE_SIZE:
+            raise usage.UsageError(
+                f"--max-message-size must be at least {MIN_MESSAGE_SIZE} (the smallest any RPCAP client takes)"
+            )
+        if self["max-daemon-files"] is None and self["max-files"] is not None:
+            self["max-daemon-files"] = DAEMON_FILES_PER_MAX_FILES * self["max-files"]
         self.password = b""
         if self["user"]:
             if self["password-file"]:
@@ -137,6 +218,16 @@ def makeService(options: Options) -> CollectorService:
         password=options.password,
         stats_interval=options["stats-interval"],
         refused_hold=options["retry-refused"],
+        login_timeout=options["login-timeout"],
+        max_daemons=options["max-daemons"],
+        max_daemons_per_host=options["max-daemons-per-host"],
+        max_unanswered=options["max-unanswered"],
+        max_unanswered_per_host=options["max-unanswered-per-host"],
+        max_message_size=options["max-message-size"],
+        max_buffered=int(options["max-buffered"] * 1_000_000),
+        max_daemon_files=options["max-daemon-files"],
+        max_total_files=options["max-total-files"],
+        max_total_bytes=int(options["max-size"] * 1_000_000) if options["max-size"] else None,
     )
     return CollectorService(
         reactor_, settings, options["listen"], reload_on_sighup=True, metrics=options["metrics"]

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
@@ -24,14 +27,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from rpcapsvc.collector import service as collector_service
 from rpcapsvc.collector.client import RpcapClientProtocol, TcpPacketReceiver
+from rpcapsvc.collector.files import DirectoryBudget, FileHistory, RotatingCaptureFiles
 from rpcapsvc.collector.service import (
     DEFAULT_LISTEN,
     STOP_GRACE,
     CollectorService,
     CollectorSettings,
     DaemonSession,
+    host_file_name,
+    interface_file_name,
 )
 from rpcapsvc.collector.tap import Options, makeService
+from rpcapsvc.protocol.wire import MessageType
 from rpcapsvc.server.active import ReconnectPolicy
 from rpcapsvc.server.session import ServerSession
 from rpcapsvc.test.test_client import (
@@ -197,6 +204,8 @@ class MakeServiceTests(SynchronousTestCase):
                 password=b"",
                 stats_interval=30.0,
                 refused_hold=45.0,
+                max_buffered=64_000_000,
+                max_daemon_files=16 * 24,
             ),
         )
         listeners = list(service)
@@ -223,6 +232,7 @@ class Collector:
         self.directory = test.mktemp()
         self.events: list[dict[str, Any]] = []
         test.patch(DaemonSession, "log", Logger(observer=self.events.append))
+        test.patch(CollectorService, "log", Logger(observer=self.events.append))
         self.service = CollectorService(self.reactor, CollectorSettings(self.directory, **settings))
         self.service.startService()
         test.addCleanup(lambda: self.service.running and self.service.stopService())
@@ -312,7 +322,7 @@ class DaemonSessionTests(SynchronousTestCase):
         collector = Collector(self, interface="eth0")
         collector.capturing("2001:db8::7", "2001:db8::1")
         [name] = collector.files()
-        self.assertRegex(name, rf"^2001-db8-7_eth0_{STAMP}_00001\.pcapng$")
+        self.assertRegex(name, rf"^2001-db8--7_eth0_{STAMP}_00001\.pcapng$")
 
     def test_ipv4_daemon_on_an_ipv6_listener(self) -> None:
         """
@@ -327,13 +337,13 @@ class DaemonSessionTests(SynchronousTestCase):
         self.assertIn("daemon=192.0.2.20:50000 connected", collector.log())
 
     def test_unsafe_interface_name(self) -> None:
-        """An interface name that is no safe file name is made into one."""
+        """An interface name that is no safe file name is made into one, with a hash of the real name."""
         from rpcapsvc.protocol.wire import InterfaceInfo
 
         collector = Collector(self)
         collector.capturing(interfaces=[InterfaceInfo("eth0 (uplink)")])
         [name] = collector.files()
-        self.assertRegex(name, rf"^192\.0\.2\.20_eth0-uplink_{STAMP}_00001\.pcapng$")
+        self.assertRegex(name, rf"^192\.0\.2\.20_eth0-uplink-[0-9a-f]{{8}}_{STAMP}_00001\.pcapng$")
 
     def test_pcap_format(self) -> None:
         collector = Collector(self, format="pcap", interface="eth0")
@@ -620,3 +630,307 @@ def _with_clock(clock: list[float]) -> Any:
         original(self, *args, **kwargs)
 
     return __init__
+
+
+class _HangUpTransport(StringTransport):
+    """A daemon's connection that sends nothing: closing it ends the protocol at once."""
+
+    def loseConnection(self) -> None:
+        self.abortConnection()
+
+    def abortConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def silent_connection(collector: Collector, host: str, port: int = 40000) -> RpcapClientProtocol:
+    """Someone connects to the collector from C{host} and never says a word."""
+    address = IPv6Address if ":" in host else IPv4Address
+    client = collector.factory.buildProtocol(address("TCP", host, port))
+    transport = _HangUpTransport(
+        hostAddress=address("TCP", COLLECTOR_HOST if ":" not in host else "2001:db8::1", 2003),
+        peerAddress=address("TCP", host, port),
+    )
+    transport.protocol = client
+    client.makeConnection(transport)
+    return client  # type: ignore[no-any-return]
+
+
+def scrape(service: CollectorService) -> str:
+    return generate_latest(service.metrics_registry).decode()
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """Deadlines and limits on the daemons that dial in (issue 13: a hostile daemon)."""
+
+    def test_login_deadline(self) -> None:
+        """
+        A connection that does not get to capturing within --login-timeout
+        seconds is closed, said once and counted; a daemon that is capturing
+        is never timed out.
+        """
+        collector = Collector(self, interface="eth0", login_timeout=5.0)
+        _, capturing, _, _ = collector.capturing()
+        silent = silent_connection(collector, OTHER_HOST)
+        collector.reactor.advance(4.9)
+        self.assertFalse(silent.disconnected.called)
+        collector.reactor.advance(0.2)
+        self.assertTrue(silent.disconnected.called)
+        self.assertEqual(collector.service.sessions, {capturing})
+        self.assertIn(
+            f"daemon={OTHER_HOST}:40000 closed: not capturing 5 s after connecting (--login-timeout)",
+            collector.log(),
+        )
+        self.assertEqual(collector.service.closed, {"login-timeout": 1})
+        self.assertIn(
+            'rpcapcollect_connections_closed_total{reason="login-timeout"} 1.0', scrape(collector.service)
+        )
+        collector.reactor.advance(60)
+        self.assertFalse(capturing.client.disconnected.called)
+
+    def test_stallers_of_one_host_make_room(self) -> None:
+        """
+        Connections of one address not capturing are at most
+        --max-unanswered-per-host: the one connected longest is closed for a
+        newer one, so a flood of silent connections cannot keep a genuine
+        daemon of that address out, nor touch other addresses' connections.
+        """
+        collector = Collector(self, interface="eth0", max_unanswered_per_host=3)
+        elsewhere = silent_connection(collector, OTHER_HOST)
+        flood = [silent_connection(collector, DAEMON_HOST, 40000 + n) for n in range(10)]
+        self.assertEqual([c.disconnected.called for c in flood], [True] * 7 + [False] * 3)
+        self.assertFalse(elsewhere.disconnected.called)
+        _, session, _, _ = collector.capturing()  # closes one more silent one to make room
+        self.assertTrue(session.capturing)
+        self.assertEqual([c.disconnected.called for c in flood], [True] * 8 + [False] * 2)
+        self.assertEqual(collector.service.closed, {"made-room": 8})
+
+    def test_refusals_logged_within_a_budget(self) -> None:
+        """
+        A flood of connections is logged one by one up to REFUSALS_LOGGED
+        lines each 10 s; the rest are counted, and the count is said with
+        the next line logged.
+        """
+        collector = Collector(self, max_unanswered_per_host=1, login_timeout=60.0)
+        for n in range(16):
+            silent_connection(collector, DAEMON_HOST, 40000 + n)
+        lines = [line for line in collector.log() if "made room for a newer connection" in line]
+        self.assertEqual(len(lines), collector_service.REFUSALS_LOGGED)
+        self.assertEqual(collector.service.closed, {"made-room": 15})
+        collector.reactor.advance(collector_service.SUMMARY_INTERVAL)
+        silent_connection(collector, DAEMON_HOST, 41000)
+        [summary] = [line for line in collector.log() if line.endswith("(5 more not logged)")]
+        self.assertIn("daemon=192.0.2.20:40015 closed: not capturing; made room", summary)
+
+    def test_stallers_in_all_make_room(self) -> None:
+        collector = Collector(self, interface="eth0", max_unanswered=2)
+        hosts = ["192.0.2.31", "192.0.2.32", "192.0.2.33"]
+        clients = [silent_connection(collector, host) for host in hosts]
+        self.assertEqual([c.disconnected.called for c in clients], [True, False, False])
+        self.assertIn(
+            "daemon=192.0.2.31:40000 closed: not capturing; made room for a newer connection "
+            "(--max-unanswered 2)",
+            collector.log(),
+        )
+
+    def test_capturing_daemons_are_never_closed_to_make_room(self) -> None:
+        """
+        When daemons capturing fill --max-daemons-per-host (or --max-daemons),
+        the newcomer is refused at once, counted by reason; the capturing
+        daemon goes on.
+        """
+        collector = Collector(self, interface="eth0", max_daemons_per_host=1, max_daemons=2)
+        _, first, _, _ = collector.capturing()
+        refused = silent_connection(collector, DAEMON_HOST, 40001)
+        self.assertTrue(refused.disconnected.called)
+        self.assertIn(
+            f"daemon={DAEMON_HOST}:40001 refused: 1 daemons of {DAEMON_HOST} capturing already "
+            "(--max-daemons-per-host)",
+            collector.log(),
+        )
+        _, second, _, _ = collector.capturing(OTHER_HOST)
+        self.assertTrue(silent_connection(collector, "192.0.2.99").disconnected.called)
+        self.assertEqual(collector.service.refused, {"max-daemons-per-host": 1, "max-daemons": 1})
+        self.assertEqual(collector.service.sessions, {first, second})
+        self.assertTrue(first.capturing and second.capturing)
+        metrics = scrape(collector.service)
+        self.assertIn('rpcapcollect_connections_refused_total{reason="max-daemons"} 1.0', metrics)
+        self.assertIn("rpcapcollect_connections_total 4.0", metrics)
+
+    def test_ipv6_host_is_its_64(self) -> None:
+        """Per-address limits count an IPv6 daemon by its /64: a host has many addresses."""
+        collector = Collector(self, interface="eth0", max_unanswered_per_host=1)
+        first = silent_connection(collector, "2001:db8:0:1::1")
+        second = silent_connection(collector, "2001:db8:0:1::2")
+        other = silent_connection(collector, "2001:db8:0:2::1")
+        self.assertEqual([c.disconnected.called for c in (first, second, other)], [True, False, False])
+
+    def test_message_size_bounded(self) -> None:
+        """
+        A daemon announcing a reply bigger than --max-message-size is hung up
+        on before it is buffered (was 16 MiB per connection).
+        """
+        collector = Collector(self, max_message_size=512 * 1024)
+        client = silent_connection(collector, DAEMON_HOST)
+        self.assertEqual(client.parser.max_payload, 512 * 1024)
+        client.dataReceived(struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 0, 512 * 1024 + 1))
+        self.assertTrue(client.disconnected.called)
+        self.assertEqual(client.parser.buffered, 0)
+        self.assertEqual(collector.service.closed, {"protocol": 1})
+
+    def test_total_buffered_bounded(self) -> None:
+        """
+        Past --max-buffered bytes of unfinished messages over all
+        connections, the connection holding the most is closed.
+        """
+        collector = Collector(self, max_buffered=400 * 1024)
+        header = struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 0, 1000 * 1024)
+        clients = [silent_connection(collector, f"192.0.2.{40 + n}") for n in range(3)]
+        for n, client in enumerate(clients):
+            client.dataReceived(header + b"x" * (100 + n) * 1024)
+        self.assertEqual([c.disconnected.called for c in clients], [False, False, False])
+        clients[0].dataReceived(b"y" * 150 * 1024)  # now 250 KiB of 555 in all
+        self.assertEqual([c.disconnected.called for c in clients], [True, False, False])
+        self.assertEqual(collector.service.closed, {"max-buffered": 1})
+        self.assertLessEqual(collector.service.buffered(), 400 * 1024)
+        self.assertIn("rpcapcollect_buffered_bytes", scrape(collector.service))
+
+    def test_stats_reply_deadline(self) -> None:
+        """A capturing daemon that leaves a stats request unanswered until the next one is due is hung up on."""
+        collector = Collector(self, interface="eth0", stats_interval=10.0)
+        daemon, session, _, pump = collector.capturing()
+        [server] = daemon.factory.sessions
+        server.dataReceived = lambda data: None  # it stops answering
+        collector.reactor.advance(10)
+        pump.flush()
+        self.assertFalse(session.client.disconnected.called)
+        collector.reactor.advance(10)
+        pump.flush()
+        self.assertTrue(session.client.disconnected.called)
+        self.assertIn(
+            "daemon=192.0.2.20:50000 interface=eth0 closed: no stats reply within 10 s (--stats-interval)",
+            collector.log(),
+        )
+        self.assertEqual(collector.service.sessions, set())
+
+
+class FileNameTests(SynchronousTestCase):
+    """File names built from what daemons send (issue 13)."""
+
+    def test_ipv6_prefixes_cannot_collide(self) -> None:
+        """C{1:2::3} and C{1::2:3} are different daemons; C{1:2:0::3} is C{1:2::3}."""
+        self.assertEqual(host_file_name("1:2::3"), "1-2--3")
+        self.assertEqual(host_file_name("1::2:3"), "1--2-3")
+        self.assertEqual(host_file_name("1:2:0::3"), "1-2--3")
+        self.assertEqual(host_file_name("::1"), "--1")
+        self.assertNotEqual(host_file_name("::1"), host_file_name("1::"))
+        self.assertEqual(host_file_name("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(host_file_name("fe80::1%eth0"), "fe80--1-scope-eth0")
+
+    def test_max_files_of_colliding_addresses_kept_apart(self) -> None:
+        """With --max-files 1, two daemons that used to share a prefix each keep their file."""
+        collector = Collector(self, interface="eth0", max_files=1)
+        for host in ("1:2::3", "1::2:3"):
+            daemon, session, _, pump = collector.capturing(host, "1::99")
+            [server] = daemon.factory.sessions
+            server.transport.loseConnection()
+            pump.flush()
+        names = collector.files()
+        self.assertEqual(len(names), 2, names)
+        self.assertEqual(sorted(n.split("_")[0] for n in names), ["1--2-3", "1-2--3"])
+
+    def test_interface_names_stay_inside_the_directory(self) -> None:
+        """
+        Interface names with slashes, dots, line breaks or 64 KB of text give
+        file names inside the directory, short enough to open, told apart.
+        """
+        for name in ("../../escaped", "/etc/passwd", "..", "eth0\nforged", "a" * 65536):
+            self.assertNotIn("/", interface_file_name(name))
+            self.assertLessEqual(len(interface_file_name(name)), 80)
+        self.assertNotEqual(interface_file_name("eth0 (uplink)"), interface_file_name("eth0-uplink"))
+        self.assertEqual(interface_file_name("eth0.100"), "eth0.100")
+        # What the session builds its files from (our own daemon refuses such names:
+        # test_hostile_collect has a daemon that opens them).
+        directory = os.path.abspath(self.mktemp())
+        outside = os.path.join(os.path.dirname(directory), "outside")
+        os.makedirs(directory)
+        os.makedirs(outside)
+        for name in ("../outside/x", "eth0\r\nforged: line", "b" * 65536):
+            prefix = f"{host_file_name('1::2')}_{interface_file_name(name)}"
+            RotatingCaptureFiles(directory, prefix).close()
+        self.assertEqual(len(os.listdir(directory)), 3)
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_interface_name_escaped_in_the_log(self) -> None:
+        """An interface name with a line break cannot forge a line of the collector's log."""
+        from rpcapsvc.protocol.wire import InterfaceInfo
+
+        collector = Collector(self, interface="eth0\r\nforged: line")
+        collector.daemon_connects(interfaces=[InterfaceInfo("eth0")])
+        self.assertTrue(collector.log())
+        self.assertFalse([line for line in collector.log() if "\n" in line or "\r" in line])
+        self.assertIn("interface=eth0\\r\\nforged: line capture not started", "".join(collector.log()))
+
+    def test_invented_interface_names_bounded(self) -> None:
+        """
+        A daemon that lists a new interface name on each connection keeps at
+        most --max-daemon-files files, and only its own go; another daemon's
+        files are untouched.
+        """
+        from rpcapsvc.protocol.wire import InterfaceInfo
+
+        collector = Collector(self, max_files=1, max_daemon_files=3)
+        _, other, _, _ = collector.capturing(OTHER_HOST)
+        for n in range(20):
+            daemon, session, _, pump = collector.capturing(interfaces=[InterfaceInfo(f"fake{n}")])
+            [server] = daemon.factory.sessions
+            server.transport.loseConnection()
+            pump.flush()
+        names = collector.files()
+        mine = [n for n in names if n.startswith(f"{DAEMON_HOST}_")]
+        self.assertEqual(len(mine), 3, names)
+        self.assertEqual(sorted(n.split("_")[1] for n in mine), ["fake17", "fake18", "fake19"])
+        self.assertEqual(len([n for n in names if n.startswith(f"{OTHER_HOST}_")]), 1)
+        self.assertTrue(other.capturing)
+        self.assertLessEqual(len(collector.service._histories), 4)
+        self.assertIn("rpcapcollect_files_deleted_by_budget_total 17.0", scrape(collector.service))
+
+
+class DirectoryBudgetTests(SynchronousTestCase):
+    def write(self, directory: str, name: str, size: int) -> str:
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        return path
+
+    def test_size_cap_takes_from_the_biggest_owner(self) -> None:
+        """Over the size cap, the oldest closed file of the daemon holding the most bytes goes first."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        budget = DirectoryBudget(max_bytes=1000)
+        history = FileHistory()
+        small = self.write(directory, "small", 100)
+        budget.opened(small, "a", history)
+        budget.closed(small, 100)
+        big = [self.write(directory, f"big{n}", 300) for n in range(3)]
+        for path in big:
+            budget.opened(path, "b", history)
+            budget.closed(path, 300)
+        self.assertEqual(budget.total_bytes, 1000)
+        open_one = self.write(directory, "open", 0)
+        budget.opened(open_one, "b", history)
+        budget.grown(open_one, 200)
+        self.assertEqual(sorted(os.listdir(directory)), ["big1", "big2", "open", "small"])
+        self.assertEqual(budget.total_bytes, 900)
+        self.assertEqual(budget.deleted, 1)
+
+    def test_open_files_are_never_deleted(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        budget = DirectoryBudget(max_files=1)
+        for name in ("one", "two"):
+            budget.opened(self.write(directory, name, 10), "a", FileHistory())
+        self.assertEqual(sorted(os.listdir(directory)), ["one", "two"])
+        budget.closed(os.path.join(directory, "one"), 10)
+        self.assertEqual(os.listdir(directory), ["two"])
