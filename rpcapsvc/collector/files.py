@@ -103,7 +103,15 @@ _PCAP_RECORD = struct.Struct("=IIII")
 log = Logger()
 
 
+_MAX_OPTION = 0xFFFC
+"""The longest option value pcapng's 16-bit length holds, kept a multiple of 4."""
+
+
 def _option(code: int, value: bytes) -> bytes:
+    if len(value) > _MAX_OPTION:
+        # Only text options get this long (a name or URL given on the command line): cut
+        # on a character boundary so the value stays UTF-8.
+        value = value[:_MAX_OPTION].decode("utf-8", "ignore").encode("utf-8")
     return _OPTION_HEAD.pack(code, len(value)) + value + _PADDING[len(value) & 3]
 
 

@@ -324,6 +324,25 @@ class CaptureFileWriterTests(TempDirMixin, SynchronousTestCase):
         self.assertEqual(offset, len(data))
         self.assertEqual(types, [0x0A0D0D0A, 1] + [6] * 8 + [5])
 
+    def test_names_longer_than_an_option_holds(self) -> None:
+        """
+        A name or URL past pcapng's 16-bit option length (given with -i, or
+        sent by a daemon) is cut on a character boundary: the file is whole,
+        tshark reads it, and the name it shows is the name's start.
+        """
+        require(NO_TSHARK)
+        path = os.path.join(self.make_directory(), "long.pcapng")
+        name = "\u00e9" * 40_000  # 80,000 bytes of UTF-8
+        writer = CaptureFileWriter(open(path, "wb"))
+        writer.add_interface(name, DLT_EN10MB, 96, "rpcap://host/" + name)
+        writer.write_packets(0, make_packets(3))
+        writer.close()
+        [[shown, frames]] = tshark_fields(
+            path, ["frame.interface_name", "frame.number"], "-Y", "frame.number == 3"
+        )
+        self.assertEqual(frames, "3")
+        self.assertTrue(name.startswith(shown) and len(shown.encode()) >= 65_000, len(shown))
+
     def test_close_closes_the_stream_unless_told_not_to(self) -> None:
         owned = io.BytesIO()
         CaptureFileWriter(owned).close()
