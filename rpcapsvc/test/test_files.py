@@ -374,25 +374,6 @@ class CaptureFileWriterTests(TempDirMixin, SynchronousTestCase):
         self.assertRaises(ValueError, writer.set_stats, 1, 0, 0)
         self.assertRaises(ValueError, writer.add_interface, "big", 0x10000, 96)
 
-    def test_fast_enough(self) -> None:
-        """
-        100,000 64-byte packets in batches of 1,000 (a busy link's second)
-        take well under a second (about 0.07 s when measured).
-        """
-        payload = bytes(range(64))
-        packets = [
-            CapturedPacket(1_700_000_000 + n // 1000, n % 1000, 64, 64, n, payload) for n in range(100_000)
-        ]
-        for format in ("pcapng", "pcap"):
-            writer = CaptureFileWriter(io.BytesIO(), format)
-            writer.add_interface("eth0", DLT_EN10MB, 65535)
-            started = time.perf_counter()
-            for n in range(0, len(packets), 1000):
-                writer.write_packets(0, packets[n : n + 1000])
-            elapsed = time.perf_counter() - started
-            writer.close()
-            self.assertLess(elapsed, 1.5, f"{format}: {elapsed:.2f} s for 100,000 packets")
-
 
 class PcapTests(TempDirMixin, SynchronousTestCase):
     """The classic libpcap format."""
