@@ -284,7 +284,10 @@ class Session:
             sock = socket.create_connection(
                 (self.peer_host, request.portdata),
                 timeout=self.options.timeout,
-                source_address=(self.local_host, 0),  # from the control connection's address, as a daemon does
+                source_address=(
+                    self.local_host,
+                    0,
+                ),  # from the control connection's address, as a daemon does
             )
             self.data = DataChannel("tcp", sock)
         else:
@@ -642,6 +645,39 @@ def new_interface_name(session: Session) -> None:
     data = session.serve_until_capture(interfaces=(InterfaceInfo(name, "made up", 6),))
     session.send_packets(data, genuine_packets(3))
     session.serve_rest(timeout=0.2)
+
+
+@behaviour("packet-flood")
+def packet_flood(session: Session) -> None:
+    """
+    Floods the data channel with genuine packets as fast as it can for
+    C{--timeout} seconds at most (TCP: 1 MB writes; UDP: datagrams back to
+    back), answering requests between writes, until the collector hangs up.
+    """
+    import select
+
+    data = session.serve_until_capture()
+    frames = genuine_packets(1000)
+    chunk = b"".join(packet_message(f, n) for n, f in enumerate(frames, 1))
+    deadline = time.monotonic() + session.options.timeout
+    while time.monotonic() < deadline:
+        if select.select([session.control], [], [], 0)[0]:
+            try:
+                received = session.control.recv(65536)
+            except OSError:
+                break
+            if not received:
+                break  # the collector hung up
+            for request in session.parser.feed(received):
+                session.answer(request)
+        try:
+            if data.kind == "udp":
+                for f in frames:
+                    data.sock.sendto(packet_message(f, 1), data.target)  # type: ignore[arg-type]
+            else:
+                data.sock.sendall(chunk)
+        except OSError:
+            break
 
 
 # --- running it --------------------------------------------------------------------

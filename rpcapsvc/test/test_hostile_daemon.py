@@ -284,6 +284,38 @@ class HostileDaemonDumpTests(SynchronousTestCase):
         self.assertIn("1 malformed skipped", self.stderr)
 
 
+class PacketFloodTests(SynchronousTestCase):
+    """A daemon that sends packets as fast as it can: the collector's memory stays bounded, it ends on time."""
+
+    skip = _skip_reason()
+
+    def flood(self, *options: str) -> str:
+        daemon = HostileDaemon("packet-flood", timeout=6)
+        self.addCleanup(daemon.stop)
+        directory = tempfile.mkdtemp(prefix="rpcap-flood-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "out.pcap")
+        run = run_measured(
+            [DUMP, "-q", "--duration", "1.5", "-s", "64", "-w", path, *options, daemon.url + "eth0"],
+            timeout=15,
+            env=_env(),
+        )
+        self.assertFalse(run.killed, run.stderr)
+        self.assertEqual(run.status, 0, run.stderr)
+        self.assertNotIn("Traceback", run.stderr)
+        self.assertLess(run.max_rss_kib, MAX_RSS_KIB)
+        self.assertLess(run.seconds, 6)
+        self.assertGreater(os.path.getsize(path), 1_000_000, "the flood never reached the file")
+        return run.stderr
+
+    def test_tcp(self) -> None:
+        self.flood()
+
+    def test_udp(self) -> None:
+        """The kernel drops what the collector cannot read; nothing piles up in the collector."""
+        self.flood("--udp")
+
+
 class RegistryTests(SynchronousTestCase):
     def test_behaviours_registered(self) -> None:
         """Every behaviour the e2e tests use is in the registry others extend."""
