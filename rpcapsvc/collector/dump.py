@@ -942,13 +942,17 @@ class Dump:
         if self.capture is not None:
             # What the data channel refused; said only when it happened.
             loss = self.capture.loss
-            for count, what in (
-                (loss.foreign, "datagrams from another host or port dropped"),
-                (loss.malformed, "malformed skipped"),
-                (loss.resyncs, "packet-number resyncs"),
+            for count, one, many in (
+                (
+                    loss.foreign,
+                    "datagram from another host or port dropped",
+                    "datagrams from another host or port dropped",
+                ),
+                (loss.malformed, "malformed skipped", "malformed skipped"),
+                (loss.resyncs, "packet-number resync", "packet-number resyncs"),
             ):
                 if count:
-                    line += f", {count} {what}"
+                    line += f", {count} {one if count == 1 else many}"
         return line
 
 

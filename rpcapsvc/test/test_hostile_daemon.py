@@ -244,7 +244,7 @@ class HostileDaemonDumpTests(SynchronousTestCase):
             [p for p in payloads if p != "GENUINE-0099"], [f"GENUINE-{n:04d}" for n in range(1, 11)]
         )
         self.assertIn("0 lost in transit", self.stderr)
-        self.assertIn("1 packet-number resyncs", self.stderr)
+        self.assertIn("1 packet-number resync", self.stderr)
 
     def test_forged_udpstr_datagram(self) -> None:
         payloads = self.capture("forged-udpstr", "--udp")
