@@ -80,6 +80,7 @@ from .datastart import data_start_for, own_traffic_expression, place_filter
 from .forwarded import ForwardedTraffic
 from .requestqueue import REQUESTS_PER_TURN, RequestQueue
 from .sessioncapture import SessionCapture
+from .worker import WorkerCaptureHandle
 
 __all__ = [
     "REQUESTS_PER_TURN",
@@ -724,6 +725,8 @@ class ServerSession:
         sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
         sink.log_tag = f"session={self.session_id} peer={self.peer}"
         self._enter(CAPTURING)
+        if isinstance(capture.handle, WorkerCaptureHandle):  # --capture-workers: the worker sends
+            capture.handle.forward_to(sink, capture.sampler)
         capture.start_reading(reader, sink)
 
     def _capture_failed(self, capture: SessionCapture, why: str) -> None:

@@ -241,6 +241,9 @@ class SessionCapture:
         self.sampler = sampler
         if self.reader is not None:
             self.reader.sampler = sampler
+        elsewhere = getattr(self.handle, "set_sampling", None)
+        if elsewhere is not None:
+            elsewhere(sampler)  # a capture worker reads and samples (--capture-workers)
         if sampler is not None:
             self.log.info("{capture}: sampling {how}", capture=self.description, how=sampler.describe())
         elif method != SAMPLING_NONE:
@@ -299,9 +302,18 @@ class SessionCapture:
                 self.pending_sink.cancel()
             if self.reader is not None:
                 self.reader.stopProducing()
-            if self.sink is not None:
-                self.sink.close()
+            sink, later = self.sink, getattr(self.handle, "owns_data_channel", False)
+            if sink is not None and not later:
+                sink.close()
             self._closed = self._submit(lambda: partial(close_capture, self.handle))
+            if sink is not None and later:
+                # A capture worker sends on the data channel's socket: it flushes and closes
+                # its copy as the handle closes; only then may ours go.
+                def close_ours(result: object) -> object:
+                    sink.close()
+                    return result
+
+                self._closed.addBoth(close_ours)
             self._closed.addBoth(self._handle_closed)
         return self.when_closed()
 
