@@ -57,9 +57,10 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 CLIENT_SOURCE = BENCH_DIR / "bench-client.c"
 
-NETNS = "rpcbench-ns"
-WIRE_IFACE = "rpcb0"  # root namespace: the daemons capture here
-NS_IFACE = "rpcb1"  # inside NETNS: tcpreplay sends here
+_RUN = os.getpid() % 100000  # two runs at once get wires of their own
+NETNS = f"rpcbench-{_RUN}"
+WIRE_IFACE = f"rpcb{_RUN}a"  # root namespace: the daemons capture here
+NS_IFACE = f"rpcb{_RUN}b"  # inside NETNS: tcpreplay sends here
 WIRE_ADDR = "198.18.0.2"
 NS_ADDR = "198.18.0.1"
 PREFIX_LEN = 30
@@ -79,8 +80,16 @@ CLIENT_TIMEOUT_MS = 100  # pcap read timeout, sent to the daemon in startcap
 CLIENT_IDLE_MS = 1000  # after the replay, the client stops after this long without packets
 SETTLE_SECONDS = 0.5  # between "capture running" and the replay
 
-DAEMONS = ("libpcap", "rpcapsvc")
-CHANNELS = ("tcp", "udp")
+DAEMONS = ("libpcap", "rpcapsvc", "extrahop")
+DEFAULT_DAEMONS = ("libpcap", "rpcapsvc")
+CHANNELS = ("tcp", "udp", "udpstr")
+DEFAULT_CHANNELS = ("tcp", "udp")
+UDPSTR_MTU = 1472
+UDPSTR_CLIENT = BENCH_DIR / "udpstr-client.py"
+MAX_LOSS_PCT = 0.1  # --max-rate: the most a rate may lose and still count as forwarded
+# Which channels each daemon speaks: libpcap's rpcapd has no udpstr; ExtraHop's
+# fork is run for udpstr only (with -t it frames every channel that way).
+DAEMON_CHANNELS = {"libpcap": ("tcp", "udp"), "rpcapsvc": CHANNELS, "extrahop": ("udpstr",)}
 
 
 # --- small helpers -------------------------------------------------------------
@@ -307,6 +316,10 @@ class Daemon:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def configure(self, channel: str) -> bool:
+        """Set the daemon up for C{channel}'s cases; whether it must be restarted for that."""
+        return False
+
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
 
@@ -375,17 +388,41 @@ class LibpcapRpcapd(Daemon):
         return [str(self.binary), "-4", "-n", "-b", "127.0.0.1", "-p", str(self.port)]
 
 
+class ExtrahopRpcapd(Daemon):
+    """ExtraHop's fork of rpcapd (udpstr at MTU 1472, its own 8 MiB send and 16 MiB capture buffers)."""
+
+    name = "extrahop"
+
+    def __init__(self, port: int, logdir: Path, peers: Path) -> None:
+        super().__init__(port, logdir)
+        self.binary = peers / "bin" / "extrahop-rpcapd"
+
+    def command(self) -> list[str]:
+        return [str(self.binary), "-4", "-n", "-b", "127.0.0.1", "-p", str(self.port), "-t", str(UDPSTR_MTU)]
+
+
 class Rpcapsvc(Daemon):
     """This project's daemon under twistd -n, with whichever Python runs the benchmark."""
 
     name = "rpcapsvc"
+    udpstr = False
+    gso = False  # --udp-gso on udpstr cases
+
+    def configure(self, channel: str) -> bool:
+        wanted = channel == "udpstr"
+        changed = wanted != self.udpstr
+        self.udpstr = wanted
+        return changed
 
     def command(self) -> list[str]:
-        return [
+        command = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "rpcapd",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--null-auth",
         ]  # fmt: skip
+        if self.udpstr:
+            command += ["--udp-mtu", str(UDPSTR_MTU)] + (["--udp-gso"] if self.gso else [])
+        return command
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -425,15 +462,21 @@ def build_client(peers: Path, outdir: Path) -> Path:
 
 
 class Client:
-    """bench-client capturing rpcap://127.0.0.1:PORT/rpcb0 (see bench-client.c)."""
+    """
+    bench-client capturing rpcap://127.0.0.1:PORT/rpcb0 (see bench-client.c);
+    for udpstr, udpstr-client.py (rpcapsvc's decoder), which speaks the same way.
+    """
 
     def __init__(self, binary: Path, port: int, channel: str, expected: int, max_seconds: float) -> None:
-        cmd = [
-            str(binary), f"rpcap://127.0.0.1:{port}/{WIRE_IFACE}",
+        common = [
             "--filter", CAPTURE_FILTER,
             "--timeout-ms", str(CLIENT_TIMEOUT_MS), "--idle-ms", str(CLIENT_IDLE_MS),
             "--count", str(expected), "--max-seconds", str(max_seconds),
         ]  # fmt: skip
+        if channel == "udpstr":
+            cmd = [sys.executable, str(UDPSTR_CLIENT), "--port", str(port), "--iface", WIRE_IFACE, *common]
+        else:
+            cmd = [str(binary), f"rpcap://127.0.0.1:{port}/{WIRE_IFACE}", *common]
         if channel == "udp":
             cmd.append("--udp")
         self.process = subprocess.Popen(
@@ -541,6 +584,7 @@ class Case:
     size: int
     rate: int
     packets: int
+    clients: int = 1
 
 
 @dataclass
@@ -564,6 +608,8 @@ class Result:
     client_cpu_seconds: float = 0.0
     machine_busy_pct: float = 0.0  # all CPUs, everything: tcpreplay, daemon, client, kernel, others
     client_stats: dict[str, object] = field(default_factory=dict)
+    per_client_received: list[int] = field(default_factory=list)
+    lost_in_transit: Optional[int] = None  # udpstr: packets missing from the sequence numbers
     udp_rcvbuf_errors: int = 0
     profile: Optional[str] = None
     error: Optional[str] = None
@@ -603,12 +649,21 @@ def run_case(
     result = Result(case)
     profiler: Optional[Profiler] = None
     loops = case.packets // DISTINCT_PACKETS
-    client = Client(
-        client_binary, daemon.port, case.channel, case.packets,
-        max_seconds=30 + 3 * case.packets / case.rate,
-    )  # fmt: skip
+    clients: list[Client] = []
+    summaries: list[dict[str, object]] = []
     try:
-        client.read_line(timeout=30)  # {"ready": true}: the daemon is capturing
+        for _ in range(case.clients):
+            clients.append(
+                Client(
+                    client_binary,
+                    daemon.port,
+                    case.channel,
+                    case.packets,
+                    max_seconds=30 + 3 * case.packets / case.rate,
+                )  # fmt: skip
+            )
+        for client in clients:
+            client.read_line(timeout=30)  # {"ready": true}: the daemon is capturing
         if profile is not None:
             result.profile = str(
                 profile.directory / f"{case.daemon}-{case.channel}-{case.size}B-{case.rate}pps.txt"
@@ -619,25 +674,35 @@ def run_case(
         usage_before = tree_usage(daemon.pid)
         busy_before, wall_before = machine_busy_seconds(), time.monotonic()
         replayed = replay(pcap, case.rate, loops)
-        client.replay_done()
-        # The client has drained; the session is still open.
-        summary = client.read_line(timeout=30 + 2 * case.packets / case.rate)
+        for client in clients:
+            client.replay_done()
+        # The clients have drained; the sessions are still open.
+        for client in clients:
+            summaries.append(client.read_line(timeout=30 + 2 * case.packets / case.rate))
         usage_after = tree_usage(daemon.pid)
         busy = machine_busy_seconds() - busy_before
         result.machine_busy_pct = 100.0 * busy / (time.monotonic() - wall_before) / (os.cpu_count() or 1)
-        result.client_cpu_seconds = usage(client.process.pid).cpu
+        result.client_cpu_seconds = sum(usage(client.process.pid).cpu for client in clients)
         result.arrived = wire_rx_packets() - rx_before
         result.udp_rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_before
     finally:
         if profiler is not None:
             profiler.stop()
-        client.close()
+        for client in clients:
+            client.close()
 
     result.sent, result.failed = replayed.sent, replayed.failed
     result.replay_seconds, result.replay_pps = replayed.seconds, replayed.pps
-    result.received = int(summary["packets"])  # type: ignore[call-overload]
-    result.client_stats = summary.get("stats", {})  # type: ignore[assignment]
-    result.loss_pct = 100.0 * (result.sent - result.received) / result.sent if result.sent else 0.0
+    result.per_client_received = [int(summary["packets"]) for summary in summaries]  # type: ignore[call-overload]
+    result.received = sum(result.per_client_received)
+    result.client_stats = summaries[0].get("stats", {})  # type: ignore[assignment]
+    if case.clients > 1:
+        drops = [summary.get("stats", {}).get("ps_drop", 0) for summary in summaries]  # type: ignore[attr-defined,union-attr]
+        result.client_stats = dict(result.client_stats, ps_drop=sum(drops))
+    if case.channel == "udpstr":
+        result.lost_in_transit = sum(int(summary.get("lost_packets", 0)) for summary in summaries)  # type: ignore[call-overload]
+    expected = result.sent * case.clients
+    result.loss_pct = 100.0 * (expected - result.received) / expected if expected else 0.0
     used = used_between(usage_before, usage_after)
     result.daemon_cpu_seconds = used.cpu
     result.daemon_user_seconds, result.daemon_system_seconds = used.user, used.system
@@ -656,7 +721,8 @@ def run_case(
 TABLE_COLUMNS: tuple[tuple[str, int, Callable[[Result], object]], ...] = (
     # heading, width, cell(result)
     ("daemon", -9, lambda r: r.case.daemon),
-    ("chan", -4, lambda r: r.case.channel),
+    ("chan", -6, lambda r: r.case.channel),
+    ("cl", 2, lambda r: r.case.clients),
     ("size", 5, lambda r: r.case.size),
     ("rate", 7, lambda r: r.case.rate),
     ("sent", 8, lambda r: r.sent),
@@ -667,7 +733,8 @@ TABLE_COLUMNS: tuple[tuple[str, int, Callable[[Result], object]], ...] = (
     ("CPU %", 6, lambda r: f"{r.cpu_pct:.1f}"),
     ("sys %", 5, lambda r: "-" if r.system_share_pct is None else f"{r.system_share_pct:.0f}"),
     ("krnl drop", 9, lambda r: r.client_stats.get("ps_drop", "-")),
-    ("rcvbuf drop", 11, lambda r: r.udp_rcvbuf_errors if r.case.channel == "udp" else "-"),
+    ("rcvbuf drop", 11, lambda r: r.udp_rcvbuf_errors if r.case.channel != "tcp" else "-"),
+    ("seq gaps", 8, lambda r: "-" if r.lost_in_transit is None else r.lost_in_transit),
 )
 
 
@@ -694,10 +761,46 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         if r.error:
             lines.append(
-                " ".join(cell(get(r), width) for _, width, get in TABLE_COLUMNS[:4]) + f" ERROR: {r.error}"
+                " ".join(cell(get(r), width) for _, width, get in TABLE_COLUMNS[:5]) + f" ERROR: {r.error}"
             )
         else:
             lines.append(" ".join(cell(get(r), width) for _, width, get in TABLE_COLUMNS))
+    return "\n".join(lines)
+
+
+def format_ratios(results: list[Result]) -> str:
+    """rpcapsvc's CPU per packet over the other daemons', case by case, from the same run."""
+    by_case = {(r.case.daemon, r.case.channel, r.case.size, r.case.rate, r.case.clients): r for r in results}
+    lines = ["CPU µs/pkt side by side (rpcapsvc ÷ other):"]
+    for (daemon, channel, size, rate, clients), ours in by_case.items():
+        if daemon != "rpcapsvc" or ours.cpu_us_per_packet is None:
+            continue
+        for other in ("libpcap", "extrahop"):
+            theirs = by_case.get((other, channel, size, rate, clients))
+            if theirs is None or not theirs.cpu_us_per_packet:
+                continue
+            lines.append(
+                f"  {channel:6} x{clients} {size:5} B {rate:>7} pps: rpcapsvc {ours.cpu_us_per_packet:.2f} "
+                f"{other} {theirs.cpu_us_per_packet:.2f} ratio {ours.cpu_us_per_packet / theirs.cpu_us_per_packet:.2f}"
+                f"  (loss {ours.loss_pct:.2f} % / {theirs.loss_pct:.2f} %)"
+            )
+    return "\n".join(lines)
+
+
+def format_max_rates(results: list[Result], repeat: int) -> str:
+    """Per daemon and series, the highest rate forwarded with at most MAX_LOSS_PCT lost (median over runs)."""
+    best: dict[tuple[str, str, int, int], dict[int, int]] = {}
+    for r in results:
+        key = (r.case.daemon, r.case.channel, r.case.size, r.case.clients)
+        per_run = best.setdefault(key, {})
+        per_run.setdefault(r.repetition, 0)
+        if not r.error and r.loss_pct <= MAX_LOSS_PCT:
+            per_run[r.repetition] = max(per_run[r.repetition], r.case.rate)
+    lines = [f"Highest rate with loss <= {MAX_LOSS_PCT} % (median of {repeat} run(s); 0: none of the rates):"]
+    for (daemon, channel, size, clients), per_run in best.items():
+        rates = sorted(per_run.values())
+        median = rates[(len(rates) - 1) // 2]
+        lines.append(f"  {daemon:9} {channel:6} x{clients} {size:5} B: {median:>7} pps  (runs: {rates})")
     return "\n".join(lines)
 
 
@@ -735,13 +838,19 @@ def machine_description(peers: Path) -> dict[str, object]:
 # --- main ----------------------------------------------------------------------------
 
 
+def packets_for(rate: int, seconds: float) -> int:
+    wanted = max(DISTINCT_PACKETS, int(rate * seconds))
+    return -(-wanted // DISTINCT_PACKETS) * DISTINCT_PACKETS
+
+
 def cases(args: argparse.Namespace, daemon: str) -> Iterator[Case]:
     for channel in args.channel:
-        for size in args.size:
-            for rate in args.rate:
-                wanted = max(DISTINCT_PACKETS, int(rate * args.seconds))
-                packets = -(-wanted // DISTINCT_PACKETS) * DISTINCT_PACKETS
-                yield Case(daemon, channel, size, rate, packets)
+        if channel not in DAEMON_CHANNELS[daemon]:
+            continue
+        for clients in args.clients:
+            for size in args.size:
+                for rate in args.rate:
+                    yield Case(daemon, channel, size, rate, packets_for(rate, args.seconds), clients)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -759,7 +868,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=1, help="run everything N times; the table shows each case's median run"
     )
-    parser.add_argument("--daemon", choices=DAEMONS, action="append", help="daemon (repeatable; both)")
+    parser.add_argument(
+        "--daemon",
+        choices=DAEMONS,
+        action="append",
+        help="daemon (repeatable; libpcap and rpcapsvc; extrahop, ExtraHop's fork, runs udpstr cases only)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        action="append",
+        help="clients capturing at once, each getting every packet (repeatable; 1)",
+    )
+    parser.add_argument(
+        "--udp-gso", action="store_true", help="rpcapsvc's udpstr cases with --udp-gso (UDP GSO sends)"
+    )
+    parser.add_argument(
+        "--max-rate",
+        action="store_true",
+        help=f"instead of the matrix: per daemon, channel, size and client count, go up the --rate "
+        f"ladder until a rate loses more than {MAX_LOSS_PCT} %%; report the highest that did not",
+    )
     parser.add_argument("--peers", type=Path, default=REPO / ".peers", help="reference peers prefix (.peers)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<timestamp>.json)")
     parser.add_argument(
@@ -771,8 +900,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.rate = args.rate or [10_000, 50_000, 100_000]
     args.size = args.size or [64, 1000]
-    args.channel = args.channel or list(CHANNELS)
-    args.daemon = args.daemon or list(DAEMONS)
+    args.channel = args.channel or list(DEFAULT_CHANNELS)
+    args.daemon = args.daemon or list(DEFAULT_DAEMONS)
+    args.clients = args.clients or [1]
+    if args.max_rate:
+        args.rate = sorted(set(args.rate))
     return args
 
 
@@ -792,13 +924,24 @@ def run_daemon(
     client_binary: Path,
     pcaps: dict[int, Path],
     profile: Optional[Profiling],
+    max_rate: bool = False,
 ) -> list[Result]:
-    """Run C{daemon_cases} against one daemon, (re)starting it as needed; stop it at the end."""
+    """
+    Run C{daemon_cases} against one daemon, (re)starting it as needed; stop it
+    at the end.  With C{max_rate}, a series (channel, size, clients) stops at
+    its first rate that loses more than MAX_LOSS_PCT.
+    """
     results: list[Result] = []
+    given_up: set[tuple[str, int, int]] = set()
     try:
         for case in daemon_cases:
-            log(f"{daemon.name} {case.channel} {case.size}B {case.rate} pps x {case.packets}")
+            series = (case.channel, case.size, case.clients)
+            if series in given_up:
+                continue
+            log(f"{daemon.name} {case.channel} x{case.clients} {case.size}B {case.rate} pps x {case.packets}")
             try:
+                if daemon.configure(case.channel) and daemon.alive():
+                    daemon.stop()
                 if not daemon.alive():
                     if daemon.process is not None:
                         log(f"{daemon.name} is gone (exit status {daemon.process.returncode}): restarting it")
@@ -808,6 +951,8 @@ def run_daemon(
             except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
                 result = Result(case, error=str(e).strip().splitlines()[-1])
             results.append(result)
+            if max_rate and (result.error or result.loss_pct > MAX_LOSS_PCT):
+                given_up.add(series)
     finally:
         daemon.stop()
     if any(r.error for r in results) and daemon.logfile.exists():
@@ -855,10 +1000,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     daemon: Daemon
                     if name == "libpcap":
                         daemon = LibpcapRpcapd(free_tcp_port(), workdir, args.peers)
+                    elif name == "extrahop":
+                        daemon = ExtrahopRpcapd(free_tcp_port(), workdir, args.peers)
                     else:
                         daemon = Rpcapsvc(free_tcp_port(), workdir)
+                        daemon.gso = args.udp_gso
                     profile = profiling if name == "rpcapsvc" else None
-                    for result in run_daemon(daemon, list(cases(args, name)), client_binary, pcaps, profile):
+                    daemon_cases = list(cases(args, name))
+                    if not daemon_cases:
+                        continue
+                    done = run_daemon(daemon, daemon_cases, client_binary, pcaps, profile, args.max_rate)
+                    for result in done:
                         result.repetition = repetition
                         results.append(result)
         except KeyboardInterrupt:
@@ -870,6 +1022,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.repeat > 1:
         print(f"Each line: the median of {args.repeat} runs by CPU µs/pkt (all runs are in the JSON).")
     print(format_table(median_runs(results)))
+    print()
+    print(format_ratios(median_runs(results)))
+    if args.max_rate:
+        print()
+        print(format_max_rates(results, args.repeat))
     for result in results:
         if result.profile and Path(result.profile).exists():
             print()
@@ -882,6 +1039,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "source": source_description(),
         "settings": {
             "seconds": args.seconds,
+            "clients": args.clients,
+            "max_rate": args.max_rate,
+            "udp_gso": args.udp_gso,
             "repeat": args.repeat,
             "filter": CAPTURE_FILTER,
             "client_timeout_ms": CLIENT_TIMEOUT_MS,

@@ -43,6 +43,7 @@ from .server.counters import ServiceCounters
 from .server.datachannel import DataChannels
 from .server.metrics import DaemonMetrics
 from .server.session import ForwardedTraffic, Network, SessionPolicy
+from .server.worker import WorkerCaptureSystem
 from .usage import cannot_start, listen_failure_hint
 
 DEFAULT_LISTEN = "tcp:2002"
@@ -90,6 +91,7 @@ class RpcapdService(MultiService):
         config: Optional[DaemonConfig] = None,
         capture_threads: int = CAPTURE_THREADS,
         metrics: Optional[str] = None,
+        capture_workers: bool = False,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -101,7 +103,9 @@ class RpcapdService(MultiService):
         system; C{capture_threads=0} leaves that work to the reactor's pool.
         """
         self._capture_threads = capture_threads if capture_system is None else 0
-        self.capture_system = capture_system or PcapySystem(
+        # capture_workers: each capture forwards from a process of its own (rpcapsvc.server.worker).
+        system_class = WorkerCaptureSystem if capture_workers else PcapySystem
+        self.capture_system = capture_system or system_class(
             run_blocking=pool_runner(reactor, lambda: self.capture_pool) if self._capture_threads else None,
             reactor=reactor,
         )
@@ -252,6 +256,7 @@ class RpcapdService(MultiService):
         self._start_capture_pool()
         super().startService()
         self._check_settings()
+        self._log_buffer_sizes()
         for listener, description in zip(self.listeners, self._listen):
             # StreamServerEndpointService keeps the port it is listening on here.
             waiting = getattr(listener, "_waitingForPort", None)
@@ -262,6 +267,16 @@ class RpcapdService(MultiService):
             # Always, config file or not: SIGHUP's default action (what
             # `systemctl reload` sends) would end the daemon.
             self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _log_buffer_sizes(self) -> None:
+        """The buffers that decide what a burst loses, said once at start."""
+        sndbuf = getattr(self.data_channels, "udp_sndbuf", None)
+        self.log.info(
+            "Buffers: capture {capture} bytes per capture (--buffer-size); UDP data channels: "
+            "send {send} (--udp-sndbuf)",
+            capture=self.policy.buffer_size,
+            send=f"{sndbuf} bytes" if sndbuf else "the kernel's default",
+        )
 
     def _check_settings(self) -> None:
         """
@@ -348,6 +363,8 @@ class RpcapdService(MultiService):
         pool, self.capture_pool = self.capture_pool, None
         if pool is not None:
             pool.stop()
+        if isinstance(self.capture_system, WorkerCaptureSystem):
+            self.capture_system.stop_workers()  # any a close did not end
         return result
 
 

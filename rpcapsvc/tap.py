@@ -13,7 +13,7 @@ from twisted.python import usage
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
 from .protocol.udpstr import MAX_MTU, MIN_MTU
 from .server.active import parse_active_target
-from .server.datachannel import DataChannels
+from .server.datachannel import DEFAULT_UDP_SNDBUF, DataChannels
 from .server.session import SessionPolicy
 from .service import DEFAULT_LISTEN, RpcapdService, resolve_clients
 from .usage import OneLineErrors, endpoint_option
@@ -51,6 +51,19 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             "udpstr-tcp",
             None,
             "Also frame TCP data channels as udpstr, as ExtraHop's rpcapd does; needs --udp-mtu.",
+        ],
+        [
+            "udp-gso",
+            None,
+            "With --udp-mtu: send udpstr datagrams with UDP GSO (Linux >= 4.18), the kernel cutting "
+            "runs of them from one send: the same datagrams reach the collector for a fraction of the "
+            "CPU, but a capture on this host shows the uncut sends (up to 64 KiB).",
+        ],
+        [
+            "capture-workers",
+            None,
+            "Run each capture's packet forwarding in a worker process of its own, so that several "
+            "clients use several cores (the workers open captures with the daemon's privileges).",
         ],
     ]
     optParameters = [
@@ -91,7 +104,13 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             "which libpcap's client expects.",
             int,
         ],
-        ["udp-sndbuf", None, None, "Kernel send buffer of UDP data channels, in bytes.", int],
+        [
+            "udp-sndbuf",
+            None,
+            DEFAULT_UDP_SNDBUF,
+            "Kernel send buffer of UDP data channels, in bytes (the fork's 8 MiB: a capture's bursts fit).",
+            int,
+        ],
         [
             "max-sessions",
             None,
@@ -229,6 +248,8 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
         if self["udpstr-tcp"] and not mtu:
             raise usage.UsageError("--udpstr-tcp needs --udp-mtu: the MTU its datagrams are cut at")
+        if self["udp-gso"] and not mtu:
+            raise usage.UsageError("--udp-gso needs --udp-mtu: only udpstr datagrams are sent that way")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
         for name in ("max-sessions", "max-unauthenticated", "max-unauthenticated-per-host", "auth-timeout"):
@@ -299,7 +320,9 @@ def makeService(options: Options) -> RpcapdService:
             udp_mtu=options["udp-mtu"],
             udp_sndbuf=options["udp-sndbuf"],
             tcp_udpstr=bool(options["udpstr-tcp"]),
+            udp_gso=bool(options["udp-gso"]),
         ),
         reload_on_sighup=True,
         metrics=options["metrics"],
+        capture_workers=bool(options["capture-workers"]),
     )

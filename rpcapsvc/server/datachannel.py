@@ -5,14 +5,18 @@ A sink takes whole L{PacketBatch}es from the capture reader and writes each
 as few times as it can: one C{write} per batch over TCP, one datagram per
 packet over classic UDP, MTU-sized datagrams packed with many packets over
 udpstr (ExtraHop's format, C{--udp-mtu}; over TCP too with C{--udpstr-tcp},
-as the fork frames every channel).  L{DataChannels} opens sinks with a
-reactor; the session only sees L{IPacketSink}.
+as the fork frames every channel).  On Linux a batch goes to the kernel in
+one system call with no copy in Python (L{rpcapsvc.server.fastsend}):
+C{sendmsg} over TCP while Twisted's buffer is empty, C{sendmmsg} over UDP,
+UDP GSO for udpstr when asked (C{--udp-gso}).  L{DataChannels} opens sinks
+with a reactor; the session only sees L{IPacketSink}.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer, protocol
@@ -30,6 +34,8 @@ from zope.interface import Attribute, Interface, implementer
 from ..connections import SingleProtocolFactory, TlsSettings
 from ..protocol.datachannel import PacketBatch, encode_packet_messages, encode_packet_stream
 from ..protocol.udpstr import UdpStrFramer, packets_touched
+from . import fastsend
+from .fastsend import BATCH_SENDER, packet_vectors
 
 
 class IPacketSink(Interface):
@@ -95,8 +101,26 @@ def set_send_buffer(sock: socket.socket, size: int) -> None:
 
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
+DEFAULT_UDP_SNDBUF = 8 * 1024 * 1024
+"""
+The send buffer of UDP data channels unless told otherwise: ExtraHop's
+rpcapd forces the same.  A capture ring hands over packets a block at a time
+(hundreds at once), and the batch sends put them on the wire as fast: with the
+kernel's default (208 KiB) a burst towards a real NIC overflows it and the
+datagrams are refused.  Memory is taken only while datagrams wait.
+"""
+
+
+def send_buffer_size(sock: socket.socket) -> int:
+    """The send buffer the kernel gave C{sock}, in bytes (Linux reports twice the usable size)."""
+    reported = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return int(reported) // 2 if sys.platform.startswith("linux") else int(reported)
+
 
 class _SinkBase:
+    batch_sender: Optional[fastsend.LibcBatchSender] = BATCH_SENDER
+    """The batch system calls (L{fastsend}); C{None} where the platform has none, and for tests."""
+
     def __init__(self, snaplen: int) -> None:
         self.snaplen = snaplen
         self.sent = 0
@@ -132,10 +156,27 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
         """The client never sends on the data channel; ignore it."""
 
     def write_batch(self, batch: PacketBatch) -> None:
-        data = encode_packet_stream(batch, self.snaplen, self.sent + 1)
-        self.transport.write(data)  # type: ignore[union-attr]
+        sender = self.batch_sender
+        fd = sender.writable_fd(self.transport) if sender is not None else None
+        if fd is None:
+            data = encode_packet_stream(batch, self.snaplen, self.sent + 1)
+            self.transport.write(data)  # type: ignore[union-attr]
+            self.sent += len(batch)
+            self.bytes_sent += len(data)
+            return
+        assert sender is not None
+        # Twisted's buffer is empty: the batch goes straight to the socket,
+        # and only what the kernel did not take goes through the transport,
+        # which buffers it and pauses the capture reader while it is full.
+        vectors = packet_vectors(batch, self.snaplen, self.sent + 1)
+        try:
+            done = sender.send_stream(fd, vectors)
+        except OSError:
+            done = 0  # a broken connection: Twisted finds out on its write and closes
+        if done < vectors.total:
+            self.transport.write(vectors.tail(done))  # type: ignore[union-attr]
         self.sent += len(batch)
-        self.bytes_sent += len(data)
+        self.bytes_sent += vectors.total
 
     def attach_producer(self, producer: IPushProducer) -> None:
         self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
@@ -290,7 +331,29 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
             return False
         return True
 
+    def _socket_fd(self) -> Optional[int]:
+        if self.batch_sender is None:
+            return None
+        return fastsend.optional_fd(getattr(self.transport, "socket", None))
+
+    def _refused_in_batch(self, index: int, error: OSError) -> bool:
+        """C{on_refused} of the batch sends: count a network's error and go on, raise anything else."""
+        if error.errno not in NETWORK_SEND_ERRORS:
+            raise error
+        self._refused(error)
+        return True
+
     def write_batch(self, batch: PacketBatch) -> None:
+        fd = self._socket_fd()
+        if fd is not None and self.batch_sender is not None:
+            # One sendmmsg for the batch: each message a datagram, its header
+            # and the packet's bytes given to the kernel where they lie.
+            vectors = packet_vectors(batch, self.snaplen, self.sent + self.dropped + 1)
+            refused = self.batch_sender.send_datagrams(fd, vectors, self._refused_in_batch)
+            self.sent += vectors.count - len(refused)
+            self.dropped += len(refused)
+            self.bytes_sent += vectors.total - sum(map(vectors.message_length, refused))
+            return
         send = self._sender()
         messages = encode_packet_messages(batch, self.snaplen, self.sent + self.dropped + 1)
         sent = 0
@@ -346,13 +409,41 @@ class UdpStrPacketSink(UdpPacketSink):
         self._flush_call: Optional[IDelayedCall] = None
         self._npkt = 1
         self._last_datagram = b""
+        self.segmenting = False
+        """
+        Whether to send with UDP GSO (C{--udp-gso}); off for good once the
+        kernel or path refuses it.
+        """
 
     def write_batch(self, batch: PacketBatch) -> None:
         datagrams = self.framer.pack_batch(batch, self.snaplen, self._npkt)
         self._npkt += len(batch)
         self.sent += len(batch)
-        for datagram in datagrams:
-            self._send_datagram(datagram)
+        fd = self._socket_fd() if len(datagrams) > 1 else None
+        if fd is not None and self.batch_sender is not None:
+            if self.segmenting:
+                # UDP GSO: runs of MTU-sized datagrams in one send each.
+                refused, self.segmenting = self.batch_sender.send_segmented(
+                    fd, datagrams, self._refused_in_batch
+                )
+                if not self.segmenting:
+                    self.log.info(
+                        "{tag}UDP data channel to {to}: the kernel will not segment (UDP GSO); "
+                        "sending each datagram on its own",
+                        tag=f"{self.log_tag} " if self.log_tag else "",
+                        to=self._peer(),
+                    )
+            else:
+                refused = self.batch_sender.send_buffers(fd, datagrams, self._refused_in_batch)
+            lost = [datagrams[i] for i in refused]
+            self.datagrams += len(datagrams) - len(lost)
+            self.bytes_sent += sum(map(len, datagrams)) - sum(map(len, lost))
+            self.dropped += sum(map(packets_touched, lost))
+            if datagrams:
+                self._last_datagram = datagrams[-1]
+        else:
+            for datagram in datagrams:
+                self._send_datagram(datagram)
         if self.framer.pending and self._flush_call is None:
             self._flush_call = self._clock.callLater(self._flush_after, self.flush)
 
@@ -395,16 +486,28 @@ class DataChannels:
         reactor: Any,
         accept_timeout: float = 30.0,
         udp_mtu: int = 0,
-        udp_sndbuf: Optional[int] = None,
+        udp_sndbuf: Optional[int] = DEFAULT_UDP_SNDBUF,
         tcp_udpstr: bool = False,
+        udp_gso: bool = False,
     ) -> None:
         self._reactor = reactor
         self.accept_timeout = accept_timeout
         self.udp_mtu = udp_mtu
         """Non-zero: UDP data channels use udpstr datagrams of at most this size."""
         self.udp_sndbuf = udp_sndbuf
+        """The send buffer asked for each UDP data channel (C{None}: the kernel's default)."""
         self.tcp_udpstr = tcp_udpstr
         """With C{udp_mtu}: TCP data channels carry udpstr datagrams too, as ExtraHop's rpcapd does."""
+        self._said_capped = False
+        self.udp_gso = udp_gso
+        """
+        With C{udp_mtu}: send udpstr datagrams with UDP GSO (Linux >= 4.18),
+        runs of MTU-sized datagrams in one send that the kernel cuts up.  The
+        collector receives the same datagrams, at a fraction of the daemon's
+        CPU; but a capture on the sending host (tcpdump on lo, or on a NIC that
+        segments in hardware) shows the uncut sends, up to 64 KiB each, so it
+        is off unless asked for.
+        """
 
     def _tcp_sink(self, snaplen: int, read_timeout_ms: int) -> TcpPacketSink:
         if self.tcp_udpstr and self.udp_mtu:
@@ -489,6 +592,7 @@ class DataChannels:
         sink: UdpPacketSink
         if self.udp_mtu:
             sink = UdpStrPacketSink(snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0)
+            sink.segmenting = self.udp_gso
         else:
             sink = UdpPacketSink(snaplen)
         interface = "::" if ":" in host else ""
@@ -505,4 +609,32 @@ class DataChannels:
         except Exception:
             udp_port.stopListening()
             raise
+        self._log_send_buffer(udp_port.socket, host, port)
         return udp_port.getHost().port, sink
+
+    def _log_send_buffer(self, sock: socket.socket, host: str, port: int) -> None:
+        """Say what the channel got: a buffer the kernel capped loses bursts, and the user can fix that."""
+        try:
+            size = send_buffer_size(sock)
+        except OSError:
+            return
+        framing = f"udpstr MTU {self.udp_mtu}" if self.udp_mtu else "classic"
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self.udp_sndbuf and size < self.udp_sndbuf and not self._said_capped:
+            self._said_capped = True  # once: the cap is the machine's, the same for every channel
+            self.log.warn(
+                "UDP data channel to {to} ({framing}): send buffer {size} bytes, not the {wanted} asked "
+                "(without CAP_NET_ADMIN the kernel caps it at net.core.wmem_max): bursts beyond it are "
+                "dropped; raise net.core.wmem_max or run with CAP_NET_ADMIN",
+                to=shown,
+                framing=framing,
+                size=size,
+                wanted=self.udp_sndbuf,
+            )
+        else:
+            self.log.info(
+                "UDP data channel to {to} ({framing}): send buffer {size} bytes",
+                to=shown,
+                framing=framing,
+                size=size,
+            )

@@ -10,9 +10,10 @@ import errno
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, MessageLengthError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
@@ -25,10 +26,14 @@ from rpcapsvc.protocol.datachannel import (
     PKTHDR_SIZE,
     CapturedPacket,
     PacketBatch,
+    encode_packet_messages,
+    encode_packet_stream,
     iter_packet_messages,
 )
+from rpcapsvc.protocol.udpstr import UdpStrDecoder
 from rpcapsvc.protocol.wire import HEADER, MessageType
-from rpcapsvc.server.datachannel import DataChannels, TcpPacketSink, UdpPacketSink
+from rpcapsvc.server import fastsend
+from rpcapsvc.server.datachannel import DataChannels, TcpPacketSink, UdpPacketSink, UdpStrPacketSink
 from rpcapsvc.testing import FakeCaptureHandle
 
 
@@ -467,3 +472,348 @@ class CaptureReaderTests(SynchronousTestCase):
         self.assertEqual(len(self.errors), 1)
         self.assertIn("gone", self.errors[0])
         self.assertNotIn(self.reader, self.reactor.readers)
+
+
+# --- the batch sends (rpcapsvc.server.fastsend) -------------------------------------------
+
+
+class FakeBatchSender:
+    """
+    The batch system calls over memory: what each would have given the
+    kernel, read back through the iovecs the sink built, with chosen errors.
+    C{stream_room} bytes are taken by C{send_stream} (then it reports a full
+    socket); C{failures} maps a datagram's index (counted over all calls) to
+    the error the kernel gives for it.
+    """
+
+    def __init__(self, stream_room: int = 1 << 30, failures: dict[int, OSError] | None = None) -> None:
+        self.stream_room = stream_room
+        self.failures = failures or {}
+        self.stream = b""
+        self.datagrams: list[bytes] = []
+        self.calls = 0
+        self.plain_calls = 0
+        self.segmented_calls = 0
+        self.segments = True
+        """What C{send_segmented} says of the kernel: whether it segments (UDP GSO)."""
+        self._index = 0
+
+    def writable_fd(self, transport: Any) -> int | None:
+        # As the real one: the socket only while the transport holds nothing.
+        return None if transport.value() else 7
+
+    def send_stream(self, fd: int, vectors: fastsend.PacketVectors) -> int:
+        self.calls += 1
+        data = vectors.tail(0)
+        taken = data[: self.stream_room]
+        self.stream_room -= len(taken)
+        self.stream += taken
+        return len(taken)
+
+    def _send(self, datagrams: list[bytes], on_refused: Any) -> list[int]:
+        self.calls += 1
+        refused = []
+        for index, datagram in enumerate(datagrams):
+            error = self.failures.get(self._index)
+            self._index += 1
+            if error is None:
+                self.datagrams.append(datagram)
+            else:
+                refused.append(index)
+                on_refused(index, error)
+        return refused
+
+    def send_datagrams(self, fd: int, vectors: fastsend.PacketVectors, on_refused: Any) -> list[int]:
+        return self._send([vectors.message(i) for i in range(vectors.count)], on_refused)
+
+    def send_buffers(self, fd: int, datagrams: list[bytes], on_refused: Any) -> list[int]:
+        self.plain_calls += 1
+        return self._send(list(datagrams), on_refused)
+
+    def send_segmented(self, fd: int, datagrams: list[bytes], on_refused: Any) -> tuple[list[int], bool]:
+        self.segmented_calls += 1
+        return self._send(list(datagrams), on_refused), self.segments
+
+
+class FakeSocket:
+    """A UDP port's socket: its descriptor for the batch sends, C{send} for a lone datagram."""
+
+    def __init__(self, sent: list[bytes]) -> None:
+        self.sent = sent
+
+    def fileno(self) -> int:
+        return 7
+
+    def send(self, datagram: bytes) -> int:
+        self.sent.append(datagram)
+        return len(datagram)
+
+
+class PacketVectorsTests(SynchronousTestCase):
+    """The iovecs laid out for a batch hold exactly the classic messages, however cut and numbered."""
+
+    def check(self, packets: list[tuple[int, int, bytes]], snaplen: int, first_npkt: int) -> None:
+        batch = PacketBatch.from_packets(packets)
+        vectors = fastsend.packet_vectors(batch, snaplen, first_npkt)
+        expected = encode_packet_messages(batch, snaplen, first_npkt)
+        self.assertEqual([vectors.message(i) for i in range(vectors.count)], expected)
+        self.assertEqual(vectors.tail(0), encode_packet_stream(batch, snaplen, first_npkt))
+        self.assertEqual(vectors.total, sum(map(len, expected)))
+        self.assertEqual([vectors.message_length(i) for i in range(vectors.count)], list(map(len, expected)))
+
+    def test_same_bytes_as_the_encoder(self) -> None:
+        self.check(frames(40, size=1000) + frames(3, size=60), 65535, 1)
+
+    def test_snaplen_cuts(self) -> None:
+        self.check([(1, 2, b"a" * 1500), (3, 4, b"b" * 10)], 100, 9)
+
+    def test_npkt_wraps_inside_a_batch(self) -> None:
+        self.check(frames(5), 65535, 0xFFFFFFFE)
+
+    def test_empty_batch(self) -> None:
+        vectors = fastsend.packet_vectors(PacketBatch(b"", b""), 65535, 1)
+        self.assertEqual((vectors.count, vectors.total, vectors.tail(0)), (0, 0, b""))
+
+    def test_tail_from_inside_a_message(self) -> None:
+        batch = PacketBatch.from_packets(frames(4, size=100))
+        stream = encode_packet_stream(batch, 65535, 1)
+        vectors = fastsend.packet_vectors(batch, 65535, 1)
+        for skip in (1, 27, 28, 29, 127, 128, 300, len(stream) - 1, len(stream)):
+            self.assertEqual(vectors.tail(skip), stream[skip:], skip)
+
+
+class TcpBatchSendTests(SynchronousTestCase):
+    """TCP with the batch sends: straight to the socket while Twisted's buffer is empty."""
+
+    def setUp(self) -> None:
+        self.transport = CountingTransport()
+        self.sink = TcpPacketSink(snaplen=100)
+        self.sink.makeConnection(self.transport)
+
+    def test_batches_go_to_the_socket(self) -> None:
+        """Nothing through the transport; the client reads the packets in order, npkt going on."""
+        sender = FakeBatchSender()
+        self.sink.batch_sender = sender  # type: ignore[assignment]
+        self.sink.write_batch(PacketBatch.from_packets(frames(3)))
+        self.sink.write_batch(PacketBatch.from_packets(frames(2, start=3, size=200)))
+        self.assertEqual((sender.calls, self.transport.writes), (2, []))
+        packets = list(iter_packet_messages(sender.stream))
+        self.assertEqual([p.npkt for p in packets], [1, 2, 3, 4, 5])
+        self.assertEqual([p.caplen for p in packets], [60, 60, 60, 100, 100])
+        self.assertEqual((self.sink.sent, self.sink.bytes_sent), (5, len(sender.stream)))
+
+    def test_what_the_kernel_leaves_goes_through_the_transport(self) -> None:
+        """
+        A full socket: the rest of the batch is buffered by the transport
+        (which pauses the capture while full), and later batches queue
+        behind it, so the stream stays whole and in order.
+        """
+        sender = FakeBatchSender(stream_room=150)
+        self.sink.batch_sender = sender  # type: ignore[assignment]
+        self.sink.write_batch(PacketBatch.from_packets(frames(4)))
+        self.sink.write_batch(PacketBatch.from_packets(frames(2, start=4)))
+        self.assertEqual(len(sender.stream), 150)
+        self.assertEqual(len(self.transport.writes), 2)
+        packets = list(iter_packet_messages(sender.stream + self.transport.value()))
+        self.assertEqual([p.npkt for p in packets], [1, 2, 3, 4, 5, 6])
+        self.assertEqual([p.data for p in packets], [f[2] for f in frames(6)])
+
+    def test_broken_connection_left_to_the_transport(self) -> None:
+        """A send that fails outright hands the batch to the transport, whose write finds the error and closes."""
+
+        class Broken(FakeBatchSender):
+            def send_stream(self, fd: int, vectors: fastsend.PacketVectors) -> int:
+                raise OSError(errno.EPIPE, "broken pipe")
+
+        self.sink.batch_sender = Broken()  # type: ignore[assignment]
+        self.sink.write_batch(PacketBatch.from_packets(frames(2)))
+        self.assertEqual([p.npkt for p in iter_packet_messages(self.transport.value())], [1, 2])
+
+
+class UdpBatchSendTests(SynchronousTestCase):
+    """Classic UDP with one sendmmsg per batch: the same datagrams, drops counted the same way."""
+
+    def make(self, failures: dict[int, OSError] | None = None) -> tuple[UdpPacketSink, FakeBatchSender]:
+        sink = UdpPacketSink(snaplen=1000)
+        transport = FakeDatagramTransport()
+        sender = FakeBatchSender(failures=failures)
+        transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
+        sink.transport = transport  # type: ignore[assignment]
+        sink.batch_sender = sender  # type: ignore[assignment]
+        return sink, sender
+
+    def test_one_call_per_batch(self) -> None:
+        sink, sender = self.make()
+        sink.write_batch(PacketBatch.from_packets(frames(3) + [(1, 2, b"x" * 1500)]))
+        self.assertEqual(sender.calls, 1)
+        packets = [next(iter_packet_messages(d)) for d in sender.datagrams]
+        self.assertEqual([p.npkt for p in packets], [1, 2, 3, 4])
+        self.assertEqual((packets[3].caplen, packets[3].length), (1000, 1500))
+        self.assertEqual((sink.sent, sink.dropped, sink.bytes_sent), (4, 0, sum(map(len, sender.datagrams))))
+
+    def test_refused_datagrams_counted_as_dropped(self) -> None:
+        """EAGAIN and ENOBUFS lose their datagram only; the numbers go on so the client sees the gap."""
+        sink, sender = self.make({1: OSError(errno.EAGAIN, "busy"), 2: OSError(errno.ENOBUFS, "no buffers")})
+        sink.write_batch(PacketBatch.from_packets(frames(4)))
+        self.assertEqual((sink.sent, sink.dropped), (2, 2))
+        self.assertEqual([next(iter_packet_messages(d)).npkt for d in sender.datagrams], [1, 4])
+        self.assertEqual(sink.bytes_sent, sum(map(len, sender.datagrams)))
+        sink.write_batch(PacketBatch.from_packets(frames(1, start=4)))
+        self.assertEqual(next(iter_packet_messages(sender.datagrams[-1])).npkt, 5)
+        self.assertEqual(sink.send_errors, {"EAGAIN": 1, "ENOBUFS": 1})
+
+    def test_other_errors_raised(self) -> None:
+        """A broken socket is a fault that ends the capture, not drops."""
+        sink, _ = self.make({0: OSError(errno.EBADF, "bad file descriptor")})
+        error = self.assertRaises(OSError, sink.write_batch, PacketBatch.from_packets(frames(2)))
+        self.assertEqual(error.errno, errno.EBADF)
+
+
+class UdpStrBatchSendTests(SynchronousTestCase):
+    """udpstr over UDP: a batch's datagrams in one sendmmsg; a refused one drops the packets it touched."""
+
+    def make(self, failures: dict[int, OSError] | None = None) -> tuple[UdpStrPacketSink, FakeBatchSender]:
+        sink = UdpStrPacketSink(snaplen=65535, mtu=1472, clock=Clock(), flush_after=0.1)
+        transport = FakeDatagramTransport()
+        sender = FakeBatchSender(failures=failures)
+        transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
+        sink.transport = transport  # type: ignore[assignment]
+        sink.batch_sender = sender  # type: ignore[assignment]
+        return sink, sender
+
+    def test_datagrams_of_a_batch_in_one_call(self) -> None:
+        sink, sender = self.make()
+        sink.write_batch(PacketBatch.from_packets(frames(50, size=500)))
+        sink.flush()
+        decoder = UdpStrDecoder()
+        packets = [p for d in sender.datagrams for p in decoder.feed(d)]
+        self.assertEqual([p.npkt for p in packets], list(range(1, 51)))
+        self.assertEqual((decoder.lost_packets, sink.dropped, sink.datagrams), (0, 0, len(sender.datagrams)))
+        self.assertEqual(sender.calls, 1)  # the batch's full datagrams; the flushed one alone, by send()
+
+    def test_refused_datagram_drops_what_it_held(self) -> None:
+        sink, sender = self.make({1: OSError(errno.ENOBUFS, "no buffers")})
+        sink.write_batch(PacketBatch.from_packets(frames(50, size=500)))
+        self.assertGreater(sink.dropped, 0)
+        decoder = UdpStrDecoder()
+        delivered = [p for d in sender.datagrams for p in decoder.feed(d)]
+        # Every packet the sink counted as dropped is missing, and no other.
+        missing = set(range(1, len(delivered) + sink.dropped + 1)) - {p.npkt for p in delivered}
+        self.assertEqual(len(missing), sink.dropped)
+        self.assertEqual(sink.send_errors, {"ENOBUFS": 1})
+
+    def test_gso_refused_once_then_plain_sends(self) -> None:
+        """A kernel or path that cannot segment: the batch still goes, later ones without GSO, said once."""
+        sink, sender = self.make()
+        sink.segmenting = True  # --udp-gso
+        sender.segments = False
+        events: list[dict[str, Any]] = []
+        self.patch(sink, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        sink.write_batch(PacketBatch.from_packets(frames(50, size=500)))
+        sink.write_batch(PacketBatch.from_packets(frames(50, start=50, size=500)))
+        self.assertEqual((sender.segmented_calls, sender.plain_calls), (1, 1))
+        self.assertEqual(len(events), 1)
+        self.assertIn("will not segment", formatEvent(events[0]))
+        decoder = UdpStrDecoder()
+        packets = [p for d in sender.datagrams for p in decoder.feed(d)]
+        self.assertEqual(packets[-1].npkt, len(packets))
+
+
+class GsoGroupTests(SynchronousTestCase):
+    """How a batch's udpstr datagrams are cut into UDP GSO sends."""
+
+    def test_full_datagrams_then_a_short_one(self) -> None:
+        self.assertEqual(fastsend.gso_groups([1472] * 5 + [900]), [(0, 6)])
+
+    def test_a_longer_one_starts_a_new_send(self) -> None:
+        self.assertEqual(fastsend.gso_groups([1400, 1400, 1472, 1472]), [(0, 2), (2, 4)])
+
+    def test_short_one_in_the_middle_closes_the_send(self) -> None:
+        self.assertEqual(fastsend.gso_groups([1472, 1000, 1472]), [(0, 2), (2, 3)])
+
+    def test_sends_stay_under_the_datagram_limit(self) -> None:
+        groups = fastsend.gso_groups([1472] * 100)
+        self.assertEqual([end - start for start, end in groups], [44, 44, 12])
+        self.assertEqual(groups[0], (0, 44))
+
+    def test_at_most_64_segments(self) -> None:
+        groups = fastsend.gso_groups([100] * 130)
+        self.assertEqual([end - start for start, end in groups], [64, 64, 2])
+
+    def test_nothing(self) -> None:
+        self.assertEqual(fastsend.gso_groups([]), [])
+
+
+class WritableDescriptorTests(SynchronousTestCase):
+    """When a TCP sink may write to the socket itself: only while Twisted holds nothing to send."""
+
+    def connection(self) -> tcp.Connection:
+        class Socket:
+            def setblocking(self, flag: bool) -> None:
+                pass
+
+            def fileno(self) -> int:
+                return 42
+
+        connection = tcp.Connection(Socket(), protocol.Protocol(), MemoryReactor())  # type: ignore[arg-type]
+        connection.connected = 1
+        return connection
+
+    def test_idle_connection(self) -> None:
+        self.assertEqual(fastsend.writable_fd(self.connection()), 42)
+
+    def test_data_queued_in_twisted(self) -> None:
+        """Bytes written after Twisted's queue would overtake it: the sink writes through the transport."""
+        queued = self.connection()
+        queued._tempDataBuffer.append(b"x")
+        queued._tempDataLen = 1
+        self.assertIsNone(fastsend.writable_fd(queued))
+        partly_sent = self.connection()
+        partly_sent.dataBuffer, partly_sent.offset = b"abc", 1
+        self.assertIsNone(fastsend.writable_fd(partly_sent))
+
+    def test_closing_or_closed(self) -> None:
+        closing = self.connection()
+        closing.disconnecting = True
+        self.assertIsNone(fastsend.writable_fd(closing))
+        closed = self.connection()
+        closed.connected = 0
+        self.assertIsNone(fastsend.writable_fd(closed))
+
+    def test_not_a_plain_tcp_connection(self) -> None:
+        """TLS, or a test's transport: no socket of its own to write to."""
+        self.assertIsNone(fastsend.writable_fd(StringTransport()))
+
+
+class SendBufferLogTests(SynchronousTestCase):
+    """What a UDP data channel's send buffer turned out to be is said; a capped one with its fix, once."""
+
+    class Socket:
+        def __init__(self, usable: int) -> None:
+            self.usable = usable
+
+        def getsockopt(self, level: int, name: int) -> int:
+            return 2 * self.usable  # as Linux reports it
+
+    def logged(self, channels: DataChannels, usable: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        self.patch(channels, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        channels._log_send_buffer(self.Socket(usable), "192.0.2.7", 40000)  # type: ignore[arg-type]
+        return events
+
+    def test_granted(self) -> None:
+        channels = DataChannels(MemoryReactor())
+        [event] = self.logged(channels, 8 * 1024 * 1024)
+        self.assertEqual(
+            formatEvent(event), "UDP data channel to 192.0.2.7:40000 (classic): send buffer 8388608 bytes"
+        )
+
+    def test_capped_said_once_with_the_fix(self) -> None:
+        channels = DataChannels(MemoryReactor(), udp_mtu=1472)
+        [first] = self.logged(channels, 212992)
+        self.assertEqual(first["log_level"].name, "warn")
+        self.assertIn("not the 8388608 asked", formatEvent(first))
+        self.assertIn("net.core.wmem_max", formatEvent(first))
+        [second] = self.logged(channels, 212992)
+        self.assertEqual(second["log_level"].name, "info")
+        self.assertIn("(udpstr MTU 1472): send buffer 212992 bytes", formatEvent(second))
