@@ -38,7 +38,9 @@ def _skip_reason() -> str | None:
     return None if ok else why
 
 
-class UdpStrBurstTests(TestCase):
+class _BurstTestBase(TestCase):
+    """A daemon forwarding udpstr, and the burst."""
+
     skip = _skip_reason()
     timeout = 60
 
@@ -86,6 +88,8 @@ class UdpStrBurstTests(TestCase):
             for _ in range(per_slice):
                 sender.sendto(payload, ("127.0.0.1", target_port))
 
+
+class UdpStrBurstTests(_BurstTestBase):
     def test_burst_arrives_whole(self) -> None:
         """At the defaults: an 8 MiB send buffer, one sendmmsg per batch."""
         self.start_daemon()
@@ -122,3 +126,42 @@ class UdpStrBurstTests(TestCase):
         self.assertEqual(
             (received, decoder.lost_packets, decoder.lost_datagrams), (BURST_PACKETS, 0, 0), "packets lost"
         )
+
+
+class CollectorBurstTests(_BurstTestBase):
+    """The same burst into rpcap-dump at its defaults: its data socket holds it too."""
+
+    def test_burst_arrives_whole(self) -> None:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        from .test_interop_collector import _env
+
+        self.start_daemon()
+        target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the burst, never read
+        self.addCleanup(target.close)
+        target.bind(("127.0.0.1", 0))
+        target_port = target.getsockname()[1]
+        path = os.path.join(tempfile.mkdtemp(prefix="rpcap-burst-"), "burst.pcap")
+        dump = subprocess.Popen(
+            [
+                os.path.join(os.path.dirname(sys.executable), "rpcap-dump"),
+                "--udp", "-c", str(BURST_PACKETS), "-w", path,
+                f"rpcap://127.0.0.1:{self.port}/lo", f"udp and dst port {target_port}",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+        )  # fmt: skip
+        self.addCleanup(lambda: dump.poll() is None and dump.kill())
+        self.daemon.wait_for_log("UDP data channel to 127.0.0.1")
+        time.sleep(0.3)  # let the capture settle
+        self.send_burst(target_port)
+        try:
+            _, stderr = dump.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            dump.kill()
+            _, stderr = dump.communicate()
+        self.assertEqual(dump.returncode, 0, stderr)
+        self.assertIn(f"{BURST_PACKETS} packets captured", stderr)
+        self.assertIn("0 lost in transit", stderr)
