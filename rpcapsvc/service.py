@@ -361,6 +361,8 @@ class RpcapdService(MultiService):
     def _stop_capture_pool(self, result: object) -> object:
         """Once the sessions are gone: the captures they were closing are closed, the threads end."""
         pool, self.capture_pool = self.capture_pool, None
+        if isinstance(self.capture_system, WorkerCaptureSystem):
+            self.capture_system.stopping()  # ending the threads below may end workers they started
         if pool is not None:
             pool.stop()
         if isinstance(self.capture_system, WorkerCaptureSystem):

@@ -421,6 +421,10 @@ class WorkerCaptureHandle:
             )
         self._release()
 
+    def expect_end(self) -> None:
+        """The worker may end now without that being a fault (the service is stopping)."""
+        self._killed = True
+
     def kill(self) -> None:
         """The service is stopping: end the worker now, and wait for it."""
         if self._closed:
@@ -561,6 +565,17 @@ class WorkerCaptureSystem(PcapySystem):
     def _forget(self, handle: WorkerCaptureHandle) -> None:
         with self._lock:
             self.workers.discard(handle)
+
+    def stopping(self) -> None:
+        """
+        The service is stopping: whatever ends a worker from now on is
+        expected, not a fault to log (a worker also dies with the capture
+        thread that started it, and the service ends those threads).
+        """
+        with self._lock:
+            left = list(self.workers)
+        for handle in left:
+            handle.expect_end()
 
     def stop_workers(self) -> None:
         """Kill every worker left (the service is stopping) and wait for each."""

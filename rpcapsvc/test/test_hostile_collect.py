@@ -27,7 +27,7 @@ from typing import Optional
 
 from ..protocol.wire import MessageType
 from ._e2e import Daemon, free_port
-from ._hostile_daemon import Options, _serve_connection
+from ._hostile_daemon import Options, _serve_connection, vm_hwm_kib
 from .test_interop_collector import TestCaseWithCleanups, _wait_until
 
 SKIP: Optional[str] = (
@@ -38,14 +38,6 @@ CAPTURING = "capturing into"
 GENUINE = b"GENUINE"
 FORGED = b"FORGED"
 MIB = 1024 * 1024
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """The process's peak resident set size (C{VmHWM}), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def dial(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -168,7 +160,8 @@ class HostileCollectTests(TestCaseWithCleanups):
             flooder.join(5)
             for s in flooded:
                 s.close()
-        self.assertLess(took, 1.0)
+        # 0.2-0.3 s on an idle machine; the bound leaves room for a loaded CI run (the flood was a lockout).
+        self.assertLess(took, 2.0)
         self.assertIn("made room for a newer connection", collector.log())
         # The last stallers go at the login deadline; every one is counted.
         time.sleep(2.5)
@@ -191,7 +184,8 @@ class HostileCollectTests(TestCaseWithCleanups):
         --max-buffered are closed, the 16 MiB ones at once, memory stays
         bounded, and a genuine daemon is recorded.
         """
-        collector, port, directory = self.collector("--max-buffered", "16")
+        # Room for all 44 to wait at once: only the buffer limit closes them, however they interleave.
+        collector, port, directory = self.collector("--max-buffered", "16", "--max-unanswered", "64")
         baseline = vm_hwm_kib(collector.process.pid)
         header = struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 1_000_000)
         holders = []

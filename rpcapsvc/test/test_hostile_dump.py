@@ -1,7 +1,7 @@
 """
 End to end: the real C{rpcap-dump} against the hostile fake daemon
 (L{rpcapsvc.test._hostile_daemon}), each run a subprocess measured for its
-exit status, peak RSS (C{wait4}'s C{ru_maxrss}) and wall time.  Whatever
+exit status, peak RSS (the process's VmHWM) and wall time.  Whatever
 the daemon does, rpcap-dump ends within its deadlines, with one line that
 says why, no traceback, memory bounded and nothing from the daemon printed
 raw; Ctrl-C and SIGTERM end it within a second with a complete file.
@@ -19,7 +19,7 @@ from typing import Optional
 from twisted.trial.unittest import TestCase
 
 from rpcapsvc.collector.dump import EXIT_OK, EXIT_PROTOCOL
-from rpcapsvc.test._hostile_daemon import HostileDaemon, Measured, run_measured
+from rpcapsvc.test._hostile_daemon import HostileDaemon, Measured, run_measured, vm_hwm_kib
 from rpcapsvc.test.test_interop_collector import Dump, _env, _wait_until, capinfos
 
 DUMP = [sys.executable, "-m", "rpcapsvc.collector.dump"]
@@ -187,7 +187,9 @@ class SignalTests(HostileDumpTestsBase):
         time.sleep(0.5)
         sent = time.monotonic()
         dump.process.send_signal(signum)
+        peak = 0
         while True:
+            peak = max(peak, vm_hwm_kib(dump.process.pid))
             pid, status, usage = os.wait4(dump.process.pid, os.WNOHANG)
             if pid or time.monotonic() - sent > 5:
                 break
@@ -198,7 +200,7 @@ class SignalTests(HostileDumpTestsBase):
             self.fail(f"rpcap-dump still running 5 s after the signal:\n{dump.stderr()}")
         dump.process.returncode = os.waitstatus_to_exitcode(status)
         _wait_until(lambda: not dump._reader.is_alive(), 5)
-        return dump.process.returncode, took, usage.ru_maxrss, dump.stderr(), path
+        return dump.process.returncode, took, peak, dump.stderr(), path
 
     def check(self, signum: int, said: str) -> None:
         code, took, rss, stderr, path = self.interrupted(signum)
