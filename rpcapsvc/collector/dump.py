@@ -1068,17 +1068,19 @@ class Run:
             raise self._gone_before_capture(e) from None
 
         if args.list_interfaces:
+            lines = []
             for n, iface in enumerate(interfaces, 1):
                 flags = InterfaceFlags(iface.flags)
                 state = "Up" if InterfaceFlags.UP in flags else "Down"
                 # The daemon's words, as tcpdump -D would print them: no escape sequence reaches the terminal.
                 desc = f" ({escaped(iface.description)})" if iface.description else ""
                 addrs = ", ".join(escaped(str(a.address)) for a in iface.addresses)
-                sys.stdout.write(f"{n}.{escaped(iface.name)}{desc} [{state}]{' ' + addrs if addrs else ''}\n")
+                lines.append(f"{n}.{escaped(iface.name)}{desc} [{state}]{' ' + addrs if addrs else ''}\n")
             try:
+                sys.stdout.write("".join(lines))
                 sys.stdout.flush()
             except BrokenPipeError:
-                _silence_stdout()
+                _silence_stdout()  # `rpcap-dump -D ... | head -3`: the reader had what it wanted
             return EXIT_OK
 
         interface = args.device

@@ -844,6 +844,16 @@ class RunTests(RunTestsBase):
         self.assertEqual(self.endpoints, [(DAEMON_HOST, 2002, None)])
         self.assertEqual(self.daemon.factory.sessions, set())
 
+    def test_list_interfaces_into_a_closed_pipe(self) -> None:
+        """`rpcap-dump -D URL | head -1`: the reader leaving early is no error, and nothing is said."""
+        broken = BrokenStream(BrokenPipeError(32, "Broken pipe"))
+        broken.broken = True
+        self.patch(sys, "stdout", io.TextIOWrapper(broken, write_through=True))
+        self.patch(dump, "_silence_stdout", lambda: None)  # not the test runner's own stdout
+        d = self.start("-D", f"rpcap://{DAEMON_HOST}/")
+        self.assertEqual(self.finished(d), 0)
+        self.assertEqual(self.lines(), [])
+
     def test_capture_to_pipe(self) -> None:
         """
         `rpcap-dump -w - ... | wireshark -k -i -`: standard output carries
