@@ -19,9 +19,31 @@ from twisted.python import usage
 USAGE_ERROR_EXIT = 2
 
 
+class _NamedCoerceParameter(usage.CoerceParameter):
+    """A typed option whose error names the option and what it takes (Twisted's names neither)."""
+
+    _KINDS = {int: "a whole number", float: "a number"}
+
+    def dispatch(self, parameterName: str, value: Optional[str]) -> None:
+        if value is not None:
+            try:
+                self.coerce(value)
+            except ValueError as e:
+                kind = self._KINDS.get(self.coerce)  # type: ignore[call-overload]
+                why = f"takes {kind}, not {value!r}" if kind else str(e)
+                raise usage.UsageError(f"--{parameterName} {why}") from None
+        super().dispatch(parameterName, value)
+
+
 class OneLineErrors(usage.Options):
     command = "twistd"
     """How the message names the command (e.g. C{twistd rpcapd})."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, handler in self._dispatch.items():
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _NamedCoerceParameter(self, handler.coerce)
 
     def parseOptions(self, options: Optional[Any] = None) -> None:
         try:

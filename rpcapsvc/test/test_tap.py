@@ -166,6 +166,16 @@ class BadOptionTests(OptionsTestBase):
     def test_unknown_option(self) -> None:
         self.refused("-n", "--no-such-option")
 
+    def test_a_value_of_the_wrong_type_names_its_option(self) -> None:
+        """Twisted's own words ("Parameter type enforcement failed") name neither the option nor what it takes."""
+        self.assertEqual(
+            self.refused("-n", "--auth-timeout", "abc"), "--auth-timeout takes a number, not 'abc'"
+        )
+        self.assertEqual(
+            self.refused("-n", "--max-sessions=many"), "--max-sessions takes a whole number, not 'many'"
+        )
+        self.assertEqual(self.parse("-n", "--auth-timeout", "2.5")["auth-timeout"], 2.5)
+
 
 class MakeServiceTests(OptionsTestBase):
     def make(self, *argv: str) -> RpcapdService:
