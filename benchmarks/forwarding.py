@@ -379,26 +379,24 @@ class LibpcapRpcapd(Daemon):
     """libpcap 1.10.5's rpcapd, in the foreground (it forks one child per client)."""
 
     name = "libpcap"
+    program = "rpcapd"
 
     def __init__(self, port: int, logdir: Path, peers: Path) -> None:
         super().__init__(port, logdir)
-        self.binary = peers / "bin" / "rpcapd"
+        self.binary = peers / "bin" / self.program
 
     def command(self) -> list[str]:
         return [str(self.binary), "-4", "-n", "-b", "127.0.0.1", "-p", str(self.port)]
 
 
-class ExtrahopRpcapd(Daemon):
+class ExtrahopRpcapd(LibpcapRpcapd):
     """ExtraHop's fork of rpcapd (udpstr at MTU 1472, its own 8 MiB send and 16 MiB capture buffers)."""
 
     name = "extrahop"
-
-    def __init__(self, port: int, logdir: Path, peers: Path) -> None:
-        super().__init__(port, logdir)
-        self.binary = peers / "bin" / "extrahop-rpcapd"
+    program = "extrahop-rpcapd"
 
     def command(self) -> list[str]:
-        return [str(self.binary), "-4", "-n", "-b", "127.0.0.1", "-p", str(self.port), "-t", str(UDPSTR_MTU)]
+        return super().command() + ["-t", str(UDPSTR_MTU)]
 
 
 class Rpcapsvc(Daemon):

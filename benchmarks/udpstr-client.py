@@ -40,32 +40,18 @@ from rpcapsvc.protocol.wire import (  # noqa: E402
     StatsRequest,
     frame,
 )
+from rpcapsvc.test._e2e import RawRpcapClient  # noqa: E402
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 RECEIVE_BUFFER = 32 * 1024 * 1024
 
 
-class Control:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def _fill(self, size: int) -> None:
-        while len(self.buffer) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("the daemon closed the control connection")
-            self.buffer += chunk
-
-    def request(self, data: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(data)
-        self._fill(8)
-        _, mtype, _, plen = struct.unpack_from("!BBHI", self.buffer)
-        self._fill(8 + plen)
-        payload, self.buffer = self.buffer[8 : 8 + plen], self.buffer[8 + plen :]
-        if mtype == MessageType.ERROR:
-            raise RuntimeError(f"daemon error: {payload.decode(errors='replace')}")
-        return mtype, payload
+def ask(control: RawRpcapClient, data: bytes) -> bytes:
+    """One request on the control connection: the reply's payload (an RPCAP error raised)."""
+    mtype, _, payload = control.request(data)
+    if mtype == MessageType.ERROR:
+        raise RuntimeError(f"daemon error: {payload.decode(errors='replace')}")
+    return payload
 
 
 def main() -> int:
@@ -87,9 +73,9 @@ def main() -> int:
     data.bind(("127.0.0.1", 0))
     data.setblocking(False)
     try:
-        control = Control(args.port)
-        control.request(frame(MessageType.AUTH_REQ, bytes(8)))
-        _, opened = control.request(OpenRequest(args.iface).encode())
+        control = RawRpcapClient(args.port, timeout=10)
+        ask(control, frame(MessageType.AUTH_REQ, bytes(8)))
+        opened = ask(control, OpenRequest(args.iface).encode())
         linktype = struct.unpack("!i", opened[:4])[0]
         program = compile_filter(args.filter, linktype)
         request = StartCaptureRequest(
@@ -99,7 +85,7 @@ def main() -> int:
             data.getsockname()[1],
             program,
         )
-        control.request(request.encode())
+        ask(control, request.encode())
     except (OSError, EOFError, RuntimeError, ValueError) as e:
         print(json.dumps({"error": str(e)}), flush=True)
         return 1
@@ -135,7 +121,7 @@ def main() -> int:
         if draining_since and (now - max(last, draining_since)) * 1000 >= args.idle_ms:
             break
 
-    _, payload = control.request(StatsRequest().encode())
+    payload = ask(control, StatsRequest().encode())
     stats = StatsReply.decode(None, payload)  # type: ignore[arg-type]
     print(
         json.dumps(

@@ -58,7 +58,6 @@ class RpcapServerProtocol(protocol.Protocol):
         self.local_port = 0
         self.peer_port = 0
         self._lost = False
-        self._waited_for_interface = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -107,12 +106,12 @@ class RpcapServerProtocol(protocol.Protocol):
         # Choosing the interface may list the machine's interfaces: off the
         # reactor thread.  Nothing is read until the session exists.
         choosing = self.factory.preselected_interface()
-        self._waited_for_interface = not choosing.called
-        if self._waited_for_interface:
+        waiting = not choosing.called
+        if waiting:
             self.pause_reading()
-        choosing.addCallbacks(self._begin_session, self._no_interface)
+        choosing.addCallbacks(self._begin_session, self._no_interface, callbackArgs=(waiting,))
 
-    def _begin_session(self, interface: Optional[str]) -> None:
+    def _begin_session(self, interface: Optional[str], waited: bool) -> None:
         if self._lost:
             return  # the connection went while the interface was chosen
         self.session = ServerSession(
@@ -127,7 +126,7 @@ class RpcapServerProtocol(protocol.Protocol):
             login_gate=self.factory.admission.admit_login,
             session_id=self.ticket,
         )
-        if self._waited_for_interface:
+        if waited:
             self.resume_reading()
 
     def _no_interface(self, failure: Failure) -> None:

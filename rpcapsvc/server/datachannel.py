@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional, Union
 
 from twisted.internet import defer, protocol
 from twisted.internet.error import MessageLengthError
@@ -120,6 +120,8 @@ def send_buffer_size(sock: socket.socket) -> int:
 class _SinkBase:
     batch_sender: Optional[fastsend.LibcBatchSender] = BATCH_SENDER
     """The batch system calls (L{fastsend}); C{None} where the platform has none, and for tests."""
+    kind: ClassVar[str]
+    """The name L{settings} gives this class, for L{sink_from_settings}."""
 
     def __init__(self, snaplen: int) -> None:
         self.snaplen = snaplen
@@ -144,10 +146,19 @@ class TcpPacketSink(_SinkBase, protocol.Protocol):
     """Classic framing over a TCP data connection."""
 
     log = Logger()
+    kind = "tcp"
 
     def __init__(self, snaplen: int) -> None:
         super().__init__(snaplen)
         self.connected_deferred: defer.Deferred[TcpPacketSink] = defer.Deferred()
+
+    def settings(self) -> dict[str, Any]:
+        """What makes this sink again (L{sink_from_settings}; a capture worker's copy): JSON types."""
+        return {"kind": self.kind, "snaplen": self.snaplen}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], clock: IReactorTime) -> TcpPacketSink:
+        return cls(settings["snaplen"])
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(self)
@@ -203,12 +214,21 @@ class TcpUdpStrPacketSink(TcpPacketSink):
     the capture has been quiet for the read timeout, and on close.
     """
 
+    kind = "tcp-udpstr"
+
     def __init__(self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float) -> None:
         super().__init__(snaplen)
         self.framer = UdpStrFramer(mtu)
         self._clock = clock
         self._flush_after = flush_after
         self._flush_call: Optional[IDelayedCall] = None
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "mtu": self.framer.mtu, "flush_after": self._flush_after}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], clock: IReactorTime) -> TcpUdpStrPacketSink:
+        return cls(settings["snaplen"], settings["mtu"], clock, settings["flush_after"])
 
     def write_batch(self, batch: PacketBatch) -> None:
         datagrams = self.framer.pack_batch(batch, self.snaplen, self.sent + 1)
@@ -283,6 +303,7 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
 
     log = Logger()
     noisy = False
+    kind = "udp"
 
     def _sender(self) -> Callable[[bytes], object]:
         # The port's own socket, straight: Twisted's write() adds a Python
@@ -294,6 +315,14 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         super().__init__(snaplen)
         self.send_errors: dict[str, int] = {}
         """Datagrams refused, by the reason the kernel gave (each reason logged once)."""
+
+    def settings(self) -> dict[str, Any]:
+        """What makes this sink again (L{sink_from_settings}; a capture worker's copy): JSON types."""
+        return {"kind": self.kind, "snaplen": self.snaplen}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], clock: IReactorTime) -> UdpPacketSink:
+        return cls(settings["snaplen"])
 
     def _refused(self, error: Exception) -> None:
         # The network or the kernel's state (a full buffer, an ICMP
@@ -400,7 +429,11 @@ class UdpStrPacketSink(UdpPacketSink):
     would not take.
     """
 
-    def __init__(self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float) -> None:
+    kind = "udpstr"
+
+    def __init__(
+        self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float, segmenting: bool = False
+    ) -> None:
         super().__init__(snaplen)
         self.framer = UdpStrFramer(mtu)
         self.datagrams = 0
@@ -409,11 +442,25 @@ class UdpStrPacketSink(UdpPacketSink):
         self._flush_call: Optional[IDelayedCall] = None
         self._npkt = 1
         self._last_datagram = b""
-        self.segmenting = False
+        self.segmenting = segmenting
         """
         Whether to send with UDP GSO (C{--udp-gso}); off for good once the
         kernel or path refuses it.
         """
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "mtu": self.framer.mtu,
+            "flush_after": self._flush_after,
+            "segmenting": self.segmenting,
+        }
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], clock: IReactorTime) -> UdpStrPacketSink:
+        return cls(
+            settings["snaplen"], settings["mtu"], clock, settings["flush_after"], settings["segmenting"]
+        )
 
     def write_batch(self, batch: PacketBatch) -> None:
         datagrams = self.framer.pack_batch(batch, self.snaplen, self._npkt)
@@ -473,6 +520,22 @@ class UdpStrPacketSink(UdpPacketSink):
         if not self._closing:
             self.flush()
         super().close()
+
+
+SocketSink = Union[TcpPacketSink, UdpPacketSink]
+
+SINK_KINDS: dict[str, type[TcpPacketSink] | type[UdpPacketSink]] = {
+    sink.kind: sink for sink in (TcpPacketSink, TcpUdpStrPacketSink, UdpPacketSink, UdpStrPacketSink)
+}
+
+
+def sink_from_settings(settings: dict[str, Any], clock: IReactorTime) -> SocketSink:
+    """
+    A sink like the one whose C{settings()} these are, not yet on a
+    transport: a capture worker makes its copy of the daemon's sink so.
+    Raises C{KeyError} for settings no sink here gave.
+    """
+    return SINK_KINDS[settings["kind"]].from_settings(settings, clock)
 
 
 @implementer(IDataChannels)
@@ -591,8 +654,9 @@ class DataChannels:
     ) -> tuple[int, IPacketSink]:
         sink: UdpPacketSink
         if self.udp_mtu:
-            sink = UdpStrPacketSink(snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0)
-            sink.segmenting = self.udp_gso
+            sink = UdpStrPacketSink(
+                snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0, segmenting=self.udp_gso
+            )
         else:
             sink = UdpPacketSink(snaplen)
         interface = "::" if ":" in host else ""

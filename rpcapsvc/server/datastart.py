@@ -38,7 +38,6 @@ from ..capture.system import CaptureOptions
 from ..connections import TlsSettings
 from ..protocol.wire import StartCapFlags, StartCaptureRequest
 from .datachannel import IDataChannels, IPacketSink
-from .forwarded import ForwardedTraffic
 from .sessioncapture import SessionCapture
 
 
@@ -230,20 +229,3 @@ def own_traffic_expression(peer_host: str, local_port: int, peer_port: int, data
     if local_port and peer_port:
         clauses.append(f"(tcp and port {local_port} and port {peer_port})")
     return f"host {peer_host} and ({' or '.join(clauses)})"
-
-
-def place_filter(
-    capture: SessionCapture, forwarded: ForwardedTraffic, exclude_own_traffic: bool, own_traffic: str
-) -> defer.Deferred[bool]:
-    """
-    Give the capture its filter: the client's program, behind a program
-    that drops every capturing session's own traffic (unless the operator
-    turned that off), so that forwarded packets are never captured again
-    (L{ForwardedTraffic}).  Fires with whether the filter is in place
-    (C{False}: the capture ended first); fails with the kernel's refusal.
-    """
-    capture.own_traffic = own_traffic
-    if exclude_own_traffic and own_traffic:
-        joined = forwarded.join(capture, own_traffic)
-        return joined.addCallback(lambda _: not capture.stopping)
-    return capture.place()

@@ -237,7 +237,9 @@ def send_stream(fd: int, vectors: PacketVectors) -> int:
     """
     Write the messages to the stream socket C{fd} without blocking: the
     bytes the kernel took (fewer than C{vectors.total} when its buffer
-    filled).  Raises C{OSError} for anything but a full buffer.
+    filled).  Raises C{OSError} for anything but a full buffer, unless some
+    bytes went: then it says how many (the caller must not send those
+    again), and the error comes back from the next write.
     """
     iov = vectors.iov
     iov_at = iov.buffer_info()[0]
@@ -256,7 +258,7 @@ def send_stream(fd: int, vectors: PacketVectors) -> int:
             code = ctypes.get_errno()
             if code == errno.EINTR:
                 continue
-            if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK) or sent:
                 return sent
             raise _errno_error(code)
         sent += done

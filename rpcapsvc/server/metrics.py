@@ -20,9 +20,6 @@ from .session import SessionState
 if TYPE_CHECKING:
     from ..service import RpcapdService
 
-SESSION_STATES = ("awaiting_auth", "ready", "opened", "capturing")
-"""The labels a session is counted under (a closed session is gone from the service)."""
-
 _LABELS = {
     SessionState.AUTHENTICATING: "awaiting_auth",
     SessionState.READY: "ready",
@@ -31,6 +28,9 @@ _LABELS = {
     SessionState.CAPTURING: "capturing",
     SessionState.CLOSING: "opened",
 }
+
+SESSION_STATES = tuple(dict.fromkeys(_LABELS.values()))
+"""The labels a session is counted under (a closed session is gone from the service)."""
 
 DROP_PLACES = ("kernel", "interface", "send")
 

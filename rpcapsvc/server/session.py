@@ -76,11 +76,10 @@ from ..protocol.wire import (
 )
 from .counters import ServiceCounters
 from .datachannel import IDataChannels, IPacketSink
-from .datastart import data_start_for, own_traffic_expression, place_filter
+from .datastart import data_start_for, own_traffic_expression
 from .forwarded import ForwardedTraffic
 from .requestqueue import REQUESTS_PER_TURN, RequestQueue
 from .sessioncapture import SessionCapture
-from .worker import WorkerCaptureHandle
 
 __all__ = [
     "REQUESTS_PER_TURN",
@@ -690,14 +689,14 @@ class ServerSession:
     def _filter_first(self, capture: SessionCapture, data_channel: str) -> Any:
         """
         Place the capture's filter, its session's own traffic kept out
-        (L{place_filter}); whether the start may go on (C{False}: it was
-        refused, and said so, or the session ended meanwhile).
+        (L{SessionCapture.place_first}); whether the start may go on
+        (C{False}: it was refused, and said so, or the session ended
+        meanwhile).
         """
-        capture.data_channel = data_channel
         channel = self.channel
         own = own_traffic_expression(channel.peer_host, channel.local_port, channel.peer_port, data_channel)
         try:
-            placed = yield place_filter(capture, self.forwarded, self.policy.exclude_own_traffic, own)
+            placed = yield capture.place_first(own, self.policy.exclude_own_traffic)
         except CaptureError as e:
             capture.stop()
             if self.state is not CLOSED:
@@ -725,8 +724,6 @@ class ServerSession:
         sink.set_lost_callback(lambda why: self._data_channel_lost(capture, why))
         sink.log_tag = f"session={self.session_id} peer={self.peer}"
         self._enter(CAPTURING)
-        if isinstance(capture.handle, WorkerCaptureHandle):  # --capture-workers: the worker sends
-            capture.handle.forward_to(sink, capture.sampler)
         capture.start_reading(reader, sink)
 
     def _capture_failed(self, capture: SessionCapture, why: str) -> None:
@@ -782,17 +779,21 @@ class ServerSession:
                 self._enter(OPEN)
             return result
 
-        d = capture.stop().addCallback(ended)
+        def not_closed(failure: Failure) -> None:
+            # A fault of ours (libpcap's close does not fail): said once, the session goes on.
+            self.log.failure(
+                "session={session} peer={peer} closing the capture failed", failure, **self._tag()
+            )
+
+        d = capture.stop().addCallbacks(ended, not_closed)
         d.addBoth(closed)
         self.requests.hold(d)
         return d
 
     def _updatefilter(self, msg: UpdateFilterRequest) -> Optional[defer.Deferred[None]]:
-        if self._capture is None:
-            self._error(ErrorCode.UPDATEFILTER, "no capture is running")
-            return None
-        program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
         capture = self._capture
+        assert capture is not None  # STARTING and CAPTURING have one (REQUESTS)
+        program = msg.filter if msg.filter.instructions else bpf.ACCEPT_ALL
         try:
             bpf.validate(program)
         except bpf.InvalidFilter as e:
@@ -821,11 +822,9 @@ class ServerSession:
         """No capture runs: the counters of the last one (zeros before any)."""
         self.channel.send_message(self._last_stats)
 
-    def _stats(self, msg: StatsRequest) -> Optional[defer.Deferred[None]]:
+    def _stats(self, msg: StatsRequest) -> defer.Deferred[None]:
         capture = self._capture
-        if capture is None:
-            self._stats_of_last_capture(msg)
-            return None
+        assert capture is not None  # STARTING and CAPTURING have one (REQUESTS)
 
         def counted(s: CaptureStats) -> None:
             if self.state is CLOSED:
@@ -853,10 +852,8 @@ class ServerSession:
 
         return capture.stats().addCallbacks(counted, failed)
 
-    def _endcap(self, msg: EndCaptureRequest) -> Optional[defer.Deferred[None]]:
-        if self._capture is None:
-            self._error(ErrorCode.ENDCAPTURE, "no capture is running")
-            return None
+    def _endcap(self, msg: EndCaptureRequest) -> defer.Deferred[None]:
+        assert self._capture is not None  # STARTING and CAPTURING have one (REQUESTS)
 
         def ended(_: object) -> None:
             if self.state is not CLOSED:
@@ -869,9 +866,8 @@ class ServerSession:
             self._error(ErrorCode.SETSAMPLING, f"unknown sampling method {msg.method}")
             return
         self.sampling = msg  # applied to the captures this session starts from now on
-        capture = self._capture or self._starting
-        if capture is not None:
-            capture.set_sampling(msg.method, msg.value)  # and to the one running
+        if self._capture is not None:  # (no request is handled while a start is under way)
+            self._capture.set_sampling(msg.method, msg.value)  # and to the one running
         self.channel.send_message(SetSamplingReply())
 
     # --- teardown ------------------------------------------------------------------

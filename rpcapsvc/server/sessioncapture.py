@@ -105,20 +105,17 @@ class SessionCapture:
         self.handle = handle
         self.snaplen = snaplen
         self.client_program = client_program
-        self.own_traffic = ""
-        """This capture's session's traffic, as a pcap expression (C{""}: none known)."""
-        self.data_channel = ""
         self.reader: Optional[CaptureReader] = None
         self.sink: Optional[IPacketSink] = None
         self.pending_sink: Optional[Deferred[IPacketSink]] = None
         self.stopping = False
         self.description = description
         self.last_stats: Optional[CaptureStats] = None
+        """The counters libpcap last reported for this capture (a client's stats request); C{None}: none yet."""
         self.sampler: Optional[Sampler] = None
         """RPCAP sampling (L{set_sampling}); C{None}: every packet is forwarded."""
         self._skipped_before = 0
         """Packets skipped by the samplers this capture had before L{sampler}."""
-        """The counters libpcap last reported for this capture (a client's stats request); C{None}: none yet."""
         self._run = run
         self._compile = compile
         self._forwarded = forwarded
@@ -224,6 +221,20 @@ class SessionCapture:
 
         return self._submit(prepare).addCallback(placed)
 
+    def place_first(self, own_traffic: str, exclude_own_traffic: bool) -> Deferred[bool]:
+        """
+        Give the capture its first filter: the client's program, behind a
+        program that drops every capturing session's own traffic (unless
+        the operator turned that off, or this session's, C{own_traffic}, is
+        unknown: C{""}), so that forwarded packets are never captured again
+        (L{ForwardedTraffic}).  Fires with whether the filter is in place
+        (C{False}: the capture ended first); fails with the kernel's refusal.
+        """
+        if exclude_own_traffic and own_traffic:
+            joined = self._forwarded.join(self, own_traffic)
+            return joined.addCallback(lambda _: not self.stopping)
+        return self.place()
+
     def compile_clauses(self, clauses: list[str], linktype: int) -> Deferred[list[Optional[BpfProgram]]]:
         return self._run(partial(compile_clauses, self._compile, clauses, linktype))
 
@@ -282,6 +293,11 @@ class SessionCapture:
         return counts
 
     def start_reading(self, reader: CaptureReader, sink: IPacketSink) -> None:
+        """The data channel is up: forward the capture's packets to C{sink}, sampled."""
+        hand_over = getattr(self.handle, "forward_to", None)
+        if hand_over is not None:
+            # --capture-workers: the worker sends on the channel, or relays its packets to C{reader}.
+            hand_over(sink, self.sampler)
         self.pending_sink = None
         self.sink = sink
         self.reader = reader

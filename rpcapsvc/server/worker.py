@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer, provider
@@ -63,13 +64,7 @@ from ..capture.system import (
 )
 from ..protocol.datachannel import PacketBatch
 from ..protocol.wire import BpfInstruction, BpfProgram
-from .datachannel import (
-    IPacketSink,
-    TcpPacketSink,
-    TcpUdpStrPacketSink,
-    UdpPacketSink,
-    UdpStrPacketSink,
-)
+from .datachannel import IPacketSink, TcpPacketSink, UdpPacketSink, sink_from_settings
 
 # --- the pipe protocol ----------------------------------------------------------------
 
@@ -186,31 +181,23 @@ def decode_batch(payload: bytes) -> PacketBatch:
 def sink_spec(sink: IPacketSink, options: CaptureOptions) -> tuple[dict[str, Any], Optional[socket.socket]]:
     """
     What a worker needs to make the same sink as C{sink} on its socket: the
-    description and the socket, or C{("relay", None)} for a channel that
-    cannot move to another process (TLS: its session state is here).
+    sink's own settings (L{sink_from_settings} makes it again) and the
+    socket, or kind C{"relay"} and no socket for a channel that cannot move
+    to another process (TLS: its session state is here).
     """
     spec: dict[str, Any] = {
-        "snaplen": getattr(sink, "snaplen", options.snaplen),
+        "kind": "relay",
+        "snaplen": options.snaplen,
         "flush_after": options.read_timeout_ms / 1000.0,
         "log_tag": getattr(sink, "log_tag", ""),
     }
     transport = getattr(sink, "transport", None)
-    sock: Optional[socket.socket] = None
-    if (
-        isinstance(sink, TcpPacketSink)
-        and transport is not None
-        and not isinstance(transport, TLSMemoryBIOProtocol)
-    ):
-        sock = getattr(transport, "socket", None)
-        spec["kind"] = "tcp-udpstr" if isinstance(sink, TcpUdpStrPacketSink) else "tcp"
-    elif isinstance(sink, UdpPacketSink) and transport is not None:
-        sock = getattr(transport, "socket", None)
-        spec["kind"] = "udpstr" if isinstance(sink, UdpStrPacketSink) else "udp"
+    if not isinstance(sink, (TcpPacketSink, UdpPacketSink)) or isinstance(transport, TLSMemoryBIOProtocol):
+        return spec, None
+    sock: Optional[socket.socket] = getattr(transport, "socket", None)
     if sock is None:
-        return {**spec, "kind": "relay"}, None
-    if isinstance(sink, (TcpUdpStrPacketSink, UdpStrPacketSink)):
-        spec["mtu"] = sink.framer.mtu
-    spec["family"] = int(sock.family)
+        return spec, None
+    spec.update(sink.settings(), family=int(sock.family))
     return spec, sock
 
 
@@ -604,24 +591,14 @@ class _OneProtocol(protocol.Factory):
 
 def adopt_sink(reactor: Any, spec: dict[str, Any], fd: int) -> IPacketSink:
     """The sink C{spec} describes, on the socket C{fd} (which it dups: the caller closes C{fd})."""
-    kind, snaplen = spec["kind"], spec["snaplen"]
+    sink = sink_from_settings(spec, reactor)
     family = socket.AddressFamily(spec["family"])
-    if kind in ("tcp", "tcp-udpstr"):
-        tcp: TcpPacketSink
-        if kind == "tcp":
-            tcp = TcpPacketSink(snaplen)
-        else:
-            tcp = TcpUdpStrPacketSink(snaplen, spec["mtu"], reactor, spec["flush_after"])
-        reactor.adoptStreamConnection(fd, family, _OneProtocol(tcp))
-        return tcp
-    udp: UdpPacketSink
-    if kind == "udp":
-        udp = UdpPacketSink(snaplen)
-    else:
-        udp = UdpStrPacketSink(snaplen, spec["mtu"], reactor, spec["flush_after"])
-    port = reactor.adoptDatagramPort(fd, family, udp)
+    if isinstance(sink, TcpPacketSink):
+        reactor.adoptStreamConnection(fd, family, _OneProtocol(sink))
+        return sink
+    port = reactor.adoptDatagramPort(fd, family, sink)
     port.stopReading()  # as the daemon's: nothing is read, refusals come back from the sends
-    return udp
+    return sink
 
 
 @implementer(IPacketSink)
@@ -677,7 +654,7 @@ class CaptureWorker:
         self._sinks: Sinks = sinks or (lambda spec, fd: adopt_sink(reactor, spec, fd))  # type: ignore[arg-type]
         self._relay = relay
         self._reported: Optional[tuple[int, int, int, int]] = None
-        self._counting: Any = None
+        self._counting: Optional[LoopingCall] = None
         self.finished = False
 
     def counts(self) -> tuple[int, int, int, int]:
@@ -735,8 +712,6 @@ class CaptureWorker:
         self.sink, self.reader = sink, reader
         sink.attach_producer(reader)
         reader.start()
-        from twisted.internet.task import LoopingCall
-
         self._counting = LoopingCall(self.report_counts)
         self._counting.clock = self.reactor
         self._counting.start(COUNTS_INTERVAL, now=False)
@@ -869,7 +844,7 @@ def main(argv: list[str]) -> int:
     def to_daemon(event: dict[str, Any]) -> None:
         # Warnings and worse go to the daemon's log, one line each (never a traceback).
         if event.get("log_level", LogLevel.info) >= LogLevel.warn and events.transport is not None:
-            text = formatEvent(event).splitlines()[0] if formatEvent(event) else ""
+            text = (formatEvent(event).splitlines() or [""])[0]
             events.transport.write(
                 encode_frame(WARNING, f"capture worker pid={os.getpid()}: {text}".encode())
             )

@@ -6,6 +6,7 @@ over in-memory transports and reactors.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from typing import Any
@@ -17,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from rpcapsvc.capture.reader import CaptureReader
 from rpcapsvc.capture.system import CaptureError, CaptureOptions
@@ -580,6 +581,82 @@ class PacketVectorsTests(SynchronousTestCase):
         vectors = fastsend.packet_vectors(batch, 65535, 1)
         for skip in (1, 27, 28, 29, 127, 128, 300, len(stream) - 1, len(stream)):
             self.assertEqual(vectors.tail(skip), stream[skip:], skip)
+
+
+class FakeLibc:
+    """
+    C{sendmsg}/C{sendmmsg} answering from a script, one entry per call:
+    C{None} takes everything offered, a number is what the kernel took (bytes
+    for C{sendmsg}, messages for C{sendmmsg}), C{OSError} fails the call with
+    its errno (where ctypes' C{get_errno} finds it).
+    """
+
+    def __init__(self, *script: int | OSError | None) -> None:
+        self.script = list(script)
+        self.offered: list[int] = []
+
+    def _answer(self, offered: int) -> int:
+        self.offered.append(offered)
+        answer = self.script.pop(0)
+        if isinstance(answer, OSError):
+            ctypes.set_errno(answer.errno or 0)
+            return -1
+        return offered if answer is None else answer
+
+    def sendmsg(self, fd: int, header_at: int, flags: int) -> int:
+        header = fastsend._MsgHdr.from_address(header_at)
+        lengths = (ctypes.c_uint64 * (2 * header.msg_iovlen)).from_address(header.msg_iov or 0)[1::2]
+        return self._answer(sum(lengths))
+
+    def sendmmsg(self, fd: int, mmsg_at: int, count: int, flags: int) -> int:
+        return self._answer(count)
+
+
+class LibcCallTests(SynchronousTestCase):
+    """What the batch sends make of the kernel's partial results and errors."""
+
+    def setUp(self) -> None:
+        if not fastsend.AVAILABLE:
+            raise SkipTest("the batch sends need 64-bit Linux")
+        self.vectors = fastsend.packet_vectors(PacketBatch.from_packets(frames(600)), 65535, 1)
+        self.first_call = 512 * 88  # IOV_MAX iovecs: 512 messages of 28 + 60 bytes
+
+    def test_stream_error_after_bytes_went_says_how_many(self) -> None:
+        """A connection breaking mid-batch: the bytes sent are not sent again (the error comes back next write)."""
+        self.patch(fastsend, "_libc", FakeLibc(None, OSError(errno.EPIPE, "broken pipe")))
+        self.assertEqual(fastsend.send_stream(5, self.vectors), self.first_call)
+
+    def test_stream_error_before_any_byte_raised(self) -> None:
+        self.patch(fastsend, "_libc", FakeLibc(OSError(errno.ECONNRESET, "reset")))
+        error = self.assertRaises(OSError, fastsend.send_stream, 5, self.vectors)
+        self.assertEqual(error.errno, errno.ECONNRESET)
+
+    def test_stream_interrupted_retried_full_stops(self) -> None:
+        libc = FakeLibc(OSError(errno.EINTR, "interrupted"), 100)
+        self.patch(fastsend, "_libc", libc)
+        self.assertEqual(fastsend.send_stream(5, self.vectors), 100)
+        self.assertEqual(libc.offered, [self.first_call, self.first_call])
+        self.patch(fastsend, "_libc", FakeLibc(None, OSError(errno.EAGAIN, "full")))
+        self.assertEqual(fastsend.send_stream(5, self.vectors), self.first_call)
+
+    def test_datagrams_sent_in_part_then_refused(self) -> None:
+        """sendmmsg took 3: the 4th is refused with the errno, the rest go in the next call."""
+        libc = FakeLibc(3, OSError(errno.ENOBUFS, "no buffers"), None)
+        self.patch(fastsend, "_libc", libc)
+        vectors = fastsend.packet_vectors(PacketBatch.from_packets(frames(6)), 65535, 1)
+        seen: list[tuple[int, int | None]] = []
+
+        def go_on(index: int, error: OSError) -> bool:
+            seen.append((index, error.errno))
+            return True
+
+        refused = fastsend.send_datagrams(5, vectors, go_on)
+        self.assertEqual((refused, seen, libc.offered), ([3], [(3, errno.ENOBUFS)], [6, 3, 2]))
+
+    def test_datagrams_refused_with_no_going_on(self) -> None:
+        self.patch(fastsend, "_libc", FakeLibc(1, OSError(errno.ECONNREFUSED, "refused")))
+        vectors = fastsend.packet_vectors(PacketBatch.from_packets(frames(4)), 65535, 1)
+        self.assertEqual(fastsend.send_datagrams(5, vectors, lambda i, e: False), [1, 2, 3])
 
 
 class TcpBatchSendTests(SynchronousTestCase):

@@ -690,6 +690,24 @@ class EndCaptureTests(SessionTestBase):
         self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertTrue(client.connected)
 
+    def test_a_close_that_fails_is_logged_once_and_the_session_goes_on(self) -> None:
+        """A fault in closing a capture is ours: logged, never an unhandled error; the client's endcap is answered."""
+        client, handle, sink = self.capturing()
+
+        real_close = handle.close
+
+        def broken_close() -> None:
+            handle.close = real_close  # type: ignore[method-assign]  # once: the test's cleanup closes it
+            raise RuntimeError("close failed")
+
+        handle.close = broken_close  # type: ignore[method-assign]
+        self.assertEqual(client.request(EndCaptureRequest()), EndCaptureReply())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(client.session.state, SessionState.OPEN)
+        self.assertIsInstance(
+            client.request(StartCaptureRequest(100, 1000, StartCapFlags.DGRAM, 2003)), StartCaptureReply
+        )
+
     def test_endcap_without_capture(self) -> None:
         client = self.opened()
         self.assertError(client.request(EndCaptureRequest()), ErrorCode.ENDCAPTURE)

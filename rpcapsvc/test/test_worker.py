@@ -13,6 +13,7 @@ import subprocess
 from collections import deque
 from typing import Any, Optional
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,7 +24,13 @@ from ..protocol import bpf
 from ..protocol.datachannel import PacketBatch
 from ..protocol.wire import BpfInstruction, BpfProgram, InterfaceInfo
 from ..server import worker as w
-from ..server.datachannel import UdpPacketSink
+from ..server.datachannel import (
+    TcpPacketSink,
+    TcpUdpStrPacketSink,
+    UdpPacketSink,
+    UdpStrPacketSink,
+    sink_from_settings,
+)
 from ..testing import FakeCaptureHandle, FakeCaptureSystem, HeldRunner, RecordingSink
 
 LO = InterfaceInfo("lo", "", 0, ())
@@ -356,6 +363,35 @@ class WorkerHandleTests(SynchronousTestCase):
         self.assertEqual(self.handle.read_batch(512), PacketBatch.from_packets(PACKETS))
         self.assertEqual(len(self.handle.read_batch(512)), 0)
         self.assertEqual(daemon_sink.sent, 0)  # the daemon's sink counts what it sends itself
+
+
+class SinkSpecTests(SynchronousTestCase):
+    """The worker's sink is made from the daemon's sink's own settings: every option reaches it."""
+
+    def worker_copy(self, daemon_sink: Any) -> Any:
+        daemon_sink.transport = FakeUdpPort()
+        spec, sock = w.sink_spec(daemon_sink, CaptureOptions(snaplen=200, read_timeout_ms=30))
+        self.assertIs(sock, FakeUdpPort.socket)
+        return sink_from_settings(json.loads(json.dumps(spec)), Clock())
+
+    def test_udp_gso_reaches_the_worker(self) -> None:
+        """--udp-gso: the worker's udpstr sink segments too, at the daemon's MTU and flush delay."""
+        daemon_sink = UdpStrPacketSink(200, 1472, Clock(), 0.03, segmenting=True)
+        copy = self.worker_copy(daemon_sink)
+        self.assertIsInstance(copy, UdpStrPacketSink)
+        self.assertEqual(copy.settings(), daemon_sink.settings())
+        self.assertTrue(copy.segmenting)
+
+    def test_each_kind_of_sink_comes_out_the_same(self) -> None:
+        for daemon_sink in (
+            TcpPacketSink(96),
+            TcpUdpStrPacketSink(96, 9000, Clock(), 0.25),
+            UdpPacketSink(96),
+            UdpStrPacketSink(96, 1200, Clock(), 0.25),
+        ):
+            copy = self.worker_copy(daemon_sink)
+            self.assertIs(type(copy), type(daemon_sink))
+            self.assertEqual(copy.settings(), daemon_sink.settings())
 
 
 class _HandleOwningItsChannel(FakeCaptureHandle):
