@@ -418,14 +418,16 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
 
     Only the daemon may write into the capture: with C{allowed_host}, a
     datagram from any other address is counted in C{foreign} and dropped,
-    and once one from that address has decoded cleanly, its source port is
-    the daemon's and datagrams from any other port are foreign too.  (The
+    and once one from that address has decoded cleanly and moved its stream
+    on (a lone datagram out of step, which may be forged, does not), its
+    source port is the daemon's and datagrams from any other port are
+    foreign too.  (The
     socket is not C{connect}ed: the kernel would drop foreign datagrams
     uncounted, and the daemon's port is not known until it sends.)
 
     A udpstr datagram held after a gap (see L{UdpStrDecoder}) is released
     after C{hold_seconds} with no datagram to confirm it, when a C{clock}
-    is given.
+    is given; the release is cancelled once nothing is held.
     """
 
     noisy = False
@@ -464,14 +466,26 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
                 self.foreign += 1
                 return
         self.datagrams += 1
-        decoder = self.udpstr if is_udpstr_datagram(datagram) else self.classic
-        malformed = decoder.malformed
-        packets = decoder.feed(datagram)
-        if self.allowed_host is not None and self.daemon_port is None and decoder.malformed == malformed:
-            self.daemon_port = addr[1]
+        udpstr = is_udpstr_datagram(datagram)
+        decoder = self.udpstr if udpstr else self.classic
+        if self.daemon_port is None and self.allowed_host is not None:
+            malformed, position = decoder.malformed, self._position(udpstr)
+            packets = decoder.feed(datagram)
+            if decoder.malformed == malformed and self._position(udpstr) != position:
+                self.daemon_port = addr[1]
+        else:
+            packets = decoder.feed(datagram)
         self._deliver(packets)
-        if self.clock is not None and self._release is None and self.udpstr.holding:
-            self._release = self.clock.callLater(self.hold_seconds, self._release_held)
+        if udpstr and self.clock is not None:
+            holding = self.udpstr.holding
+            if holding and self._release is None:
+                self._release = self.clock.callLater(self.hold_seconds, self._release_held)
+            elif not holding and self._release is not None:
+                self.stop()  # confirmed or dropped: a later hold gets its whole time
+
+    def _position(self, udpstr: bool) -> int:
+        """The number the stream of that kind expects next: only a datagram in step moves it."""
+        return self.udpstr.expected_seqno if udpstr else self.classic.sequence.expected
 
     def _release_held(self) -> None:
         self._release = None
@@ -483,7 +497,7 @@ class DatagramPacketReceiver(protocol.DatagramProtocol):
             self.on_packets(packets)
 
     def stop(self) -> None:
-        """No more datagrams will be read: cancel the release of a held one."""
+        """Cancel the release of a held datagram (no more datagrams will be read, or none is held)."""
         if self._release is not None and self._release.active():
             self._release.cancel()
         self._release = None

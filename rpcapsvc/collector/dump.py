@@ -1088,10 +1088,11 @@ class Run:
             if not interfaces:
                 raise DumpError(f"{self._peer().name} lists no interfaces: name one with -i")
             interface = interfaces[0].name  # a preselected interface is listed first
-            if len(interface.encode("utf-8", "surrogateescape")) > MAX_INTERFACE_NAME:
+            name_bytes = len(interface.encode("utf-8", "surrogateescape"))
+            if name_bytes > MAX_INTERFACE_NAME:
                 raise ProtocolError(
                     f"{self._peer().name} broke the protocol: its first interface has a name of"
-                    f" {len(interface.encode('utf-8', 'surrogateescape'))} bytes, longer than any system's"
+                    f" {name_bytes} bytes, longer than any system's"
                     f" ({MAX_INTERFACE_NAME} at most); name the interface with -i"
                 )
         settings = CaptureSettings(

@@ -361,12 +361,28 @@ def interface_values(interface: str, found: Sequence[InterfaceInfo]) -> list[str
         sentence(
             "value",
             ("arg", number),
-            ("value", escaped(info.name)),
+            ("value", escaped(info.name)),  # cut as a display is; daemon_name_of maps it back
             ("display", describe_interface(info)),
             ("default", True if n == 0 else None),
         )
         for n, info in enumerate(found)
     ]
+
+
+def daemon_name_of(chosen: Optional[str], found: Sequence[InterfaceInfo]) -> Optional[str]:
+    """
+    The daemon's own name for the interface Wireshark gives back: the
+    selector offered each name as a sentence may hold it (escaped, braces
+    as parentheses: C{\\Device\\NPF_(GUID)} for a Windows daemon's
+    C{\\Device\\NPF_{GUID}}), so that form is mapped back; a name typed
+    by hand is taken as it is.
+    """
+    if not chosen or any(info.name == chosen for info in found):
+        return chosen
+    for info in found:
+        if _clean(escaped(info.name)) == chosen:
+            return info.name
+    return chosen
 
 
 def config_output(interface: str, found: Optional[Sequence[InterfaceInfo]] = None) -> list[str]:
@@ -947,7 +963,9 @@ class Capture:
         interfaces = await self.wait(
             defer.ensureDeferred(find_interfaces(self.reactor, client, daemon, CONNECT_TIMEOUT))
         )
-        device = args.remote_interface or (interfaces[0].name if interfaces else "")
+        device = daemon_name_of(args.remote_interface, interfaces) or (
+            interfaces[0].name if interfaces else ""
+        )
         if not device:
             raise ExtcapError(f"{daemon.name} lists no interfaces")
         settings = CaptureSettings(

@@ -529,6 +529,12 @@ class DirectoryBudget:
 
     def _victim(self) -> Optional[tuple[_KeptFile, str]]:
         """The file to delete next and why, if a bound is exceeded and a closed file can go."""
+        if (
+            self.max_files_per_owner is None
+            and (self.max_files is None or len(self._files) <= self.max_files)
+            and (self.max_bytes is None or self.total_bytes <= self.max_bytes)
+        ):
+            return None  # within the totals, and no per-owner bound: nothing to count
         files_of: dict[str, int] = {}
         bytes_of: dict[str, int] = {}
         oldest_closed: dict[str, _KeptFile] = {}

@@ -11,7 +11,7 @@ slice.
 from __future__ import annotations
 
 import struct
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import attrs
 
@@ -135,7 +135,8 @@ def implausible_lengths(caplen: int, length: int) -> Optional[str]:
     Why a packet header's lengths cannot come from a capture (C{None} if
     they can): more bytes captured than the packet had, or more than any
     snaplen.  A daemon never sends such a packet; a file holding one is
-    refused by tcpdump, so it is counted as malformed and skipped.
+    refused by tcpdump, so it is counted as malformed and skipped.  (The
+    per-packet paths compare inline and ask this only for the why.)
     """
     if caplen > MAXIMUM_SNAPLEN:
         return f"caplen {caplen} is over the largest snaplen, {MAXIMUM_SNAPLEN}"
@@ -154,9 +155,8 @@ def decode_packet_payload(payload: bytes) -> CapturedPacket:
     if len(payload) < PKTHDR_SIZE:
         raise MalformedMessage("packet header is truncated")
     sec, usec, caplen, length, npkt = PKTHDR.unpack_from(payload)
-    why = implausible_lengths(caplen, length)
-    if why is not None:
-        raise MalformedMessage(why)
+    if caplen > length or caplen > MAXIMUM_SNAPLEN:
+        raise MalformedMessage(implausible_lengths(caplen, length))
     # Checked before slicing: nothing is sized from the peer's caplen.
     if PKTHDR_SIZE + caplen > len(payload):
         raise MalformedMessage("packet data is shorter than its caplen")
@@ -268,6 +268,18 @@ class PacketSequence:
         self.expected = (number + 1) & _U32
         self._jumped_to = None
         return True
+
+    def see_all(self, numbers: Iterable[int]) -> None:
+        """
+        L{see} each of C{numbers} in turn: one call for a datagram's or a
+        batch's packets, the number expected taken without a call.
+        """
+        for number in numbers:
+            if number == self.expected:
+                self.expected = (number + 1) & _U32
+                self._jumped_to = None
+            else:
+                self.see(number)
 
 
 class ClassicDatagramDecoder:

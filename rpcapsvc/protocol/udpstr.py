@@ -38,7 +38,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_left
 from itertools import accumulate, repeat
-from operator import add
+from operator import add, attrgetter
 from typing import Optional
 
 import attrs
@@ -54,7 +54,6 @@ from .datachannel import (
     PacketSequence,
     PacketStreamParser,
     encode_packet_records,
-    implausible_lengths,
 )
 from .wire import PROTOCOL_VERSION, MessageType
 
@@ -315,7 +314,6 @@ class UdpStrDecoder:
             self.malformed += 1
             return []
         held = self._held
-        out: list[CapturedPacket] = []
         if held is not None and seqno == held.next_seqno:
             # Confirmed: the datagrams between were lost (or, past the window, the sender restarted).
             skipped = (held.seqno - self.expected_seqno) & _U32
@@ -326,8 +324,7 @@ class UdpStrDecoder:
             self._held = None
             self._partial, self._need, self._synced = held.partial, held.need, held.synced
             self.expected_seqno = (seqno + 1) & _U32
-            out = self._deliver_all(held.packets)
-            return out + self._deliver_all(self._consume(datagram, first))
+            return self._deliver_all(held.packets + self._consume(datagram, first))
         if held is not None:
             self.unconfirmed_datagrams += 1
         # Read it on its own, as the start of a stream, and keep what it gave.
@@ -336,7 +333,7 @@ class UdpStrDecoder:
         packets = self._consume(datagram, first)
         self._held = _HeldDatagram(seqno, packets, self._partial, self._need, self._synced)
         self._partial, self._need, self._synced = saved
-        return out
+        return []
 
     def _consume(self, datagram: bytes, first: int) -> list[CapturedPacket]:
         """The packets C{datagram} completes, read as the next one in the stream."""
@@ -379,14 +376,14 @@ class UdpStrDecoder:
         self._partial = None
 
     def _deliver_all(self, packets: list[CapturedPacket]) -> list[CapturedPacket]:
-        """The packets that can be delivered, their numbers counted; those with impossible lengths skipped."""
-        out = []
-        for packet in packets:
-            if implausible_lengths(packet.caplen, packet.length) is not None:
-                self.malformed += 1
-                continue
-            self.npkts.see(packet.npkt)
-            out.append(packet)
+        """
+        The packets that can be delivered, their numbers counted; those
+        with impossible lengths (C{datachannel.implausible_lengths}) skipped.
+        """
+        # A caplen over MAX_CAPLEN was refused when read: only caplen > length is left to catch.
+        out = [packet for packet in packets if packet.caplen <= packet.length]
+        self.malformed += len(packets) - len(out)
+        self.npkts.see_all(map(_npkt_of, out))
         return out
 
     def _resume(self, datagram: bytes) -> tuple[int, Optional[CapturedPacket]]:
@@ -437,6 +434,9 @@ class UdpStrDecoder:
                 self._need = PKTHDR_SIZE + caplen
                 return
             out.append(CapturedPacket(sec, usec, caplen, length, npkt, datagram[data_start:position]))
+
+
+_npkt_of = attrgetter("npkt")
 
 
 @attrs.frozen
@@ -521,7 +521,7 @@ class UdpStrStreamParser:
     def __init__(self) -> None:
         self.error: Optional[str] = None
         self.malformed = 0
-        """Packets with impossible lengths (L{implausible_lengths}), skipped: the framing still holds."""
+        """Packets with impossible lengths (C{datachannel.implausible_lengths}), skipped: the framing still holds."""
         self.npkts = PacketSequence()
         """The C{npkt} sequence of the packets delivered: C{lost} is the packets missing from it."""
         self.mtu: Optional[int] = None
@@ -598,7 +598,7 @@ class UdpStrStreamParser:
 
     def _deliver(self, record: bytes | bytearray, start: int, end: int, out: list[CapturedPacket]) -> None:
         sec, usec, caplen, length, npkt = PKTHDR.unpack_from(record, start)
-        if implausible_lengths(caplen, length) is not None:
+        if caplen > length:  # implausible_lengths (a caplen over MAX_CAPLEN was refused when read)
             self.malformed += 1
             return
         self.npkts.see(npkt)

@@ -521,13 +521,7 @@ def error_flood(session: Session) -> None:
     data = session.serve_until_capture()
     session.send_packets(data, genuine_packets(3))
     time.sleep(0.3)  # the packets are in before the flood ends the session, however loaded the machine
-    flood = ErrorReply(9, "\x1b[31m" + "x" * (1 << 20)).encode()
-    deadline = time.monotonic() + session.options.timeout
-    while time.monotonic() < deadline:
-        try:
-            session.control.sendall(flood)
-        except OSError:
-            return
+    _flood_control(session, ErrorReply(9, "\x1b[31m" + "x" * (1 << 20)).encode(), pause=0.0)
 
 
 @behaviour("small-error-flood")
@@ -536,51 +530,59 @@ def small_error_flood(session: Session) -> None:
     data = session.serve_until_capture()
     session.send_packets(data, genuine_packets(3))
     time.sleep(0.3)  # the packets are in before the flood ends the session, however loaded the machine
-    flood = ErrorReply(9, "late\nforged").encode() * 100
+    _flood_control(session, ErrorReply(9, "late\nforged").encode() * 100, pause=0.001)
+
+
+def _flood_control(session: Session, flood: bytes, pause: float) -> None:
+    """Send C{flood} on the control connection again and again (C{pause} s apart) until it fails or C{--timeout}."""
     deadline = time.monotonic() + session.options.timeout
     while time.monotonic() < deadline:
         try:
             session.control.sendall(flood)
         except OSError:
             return
-        time.sleep(0.001)
+        if pause:
+            time.sleep(pause)
+
+
+def _answer_login(session: Session) -> None:
+    """Answer the first request (the login) as a good daemon does."""
+    received = session.read()
+    if received is not None:
+        session.answer(received)
+
+
+def _read_until_closed(session: Session) -> None:
+    while session.read() is not None:
+        pass
 
 
 @behaviour("silent-after-auth")
 def silent_after_auth(session: Session) -> None:
     """Answers the login, then reads every request and answers none."""
-    received = session.read()
-    if received is not None:
-        session.answer(received)
-    while session.read() is not None:
-        pass
+    _answer_login(session)
+    _read_until_closed(session)
 
 
 @behaviour("reply-one-byte-short")
 def reply_one_byte_short(session: Session) -> None:
     """Answers the login; the interface list announces 16 MiB and sends all of it but its last byte."""
-    received = session.read()
-    if received is not None:
-        session.answer(received)
+    _answer_login(session)
     if session.read() is None:
         return
     size = 16 * 1024 * 1024
     session.send(frame(MessageType.FINDALLIF_REPLY, b"\0" * size, value=1)[:-1])
-    while session.read() is not None:
-        pass
+    _read_until_closed(session)
 
 
 @behaviour("oversized-reply")
 def oversized_reply(session: Session) -> None:
     """Answers the login; the interface list announces 4 GB."""
-    received = session.read()
-    if received is not None:
-        session.answer(received)
+    _answer_login(session)
     if session.read() is None:
         return
     session.send(struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 0xFFFFFFFF) + b"\0" * 65536)
-    while session.read() is not None:
-        pass
+    _read_until_closed(session)
 
 
 @behaviour("escape-sequences")

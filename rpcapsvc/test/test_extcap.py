@@ -276,6 +276,23 @@ class SentenceTests(SynchronousTestCase):
         )
         self.assertLess(len(lines[1]), 2000)
 
+    def test_the_name_wireshark_gives_back_is_the_daemons(self) -> None:
+        """
+        A Windows daemon's names hold braces and backslashes, others may not
+        be ASCII: the selector offers them escaped, and the capture opens
+        the interface under the daemon's own name.
+        """
+        found = (
+            InterfaceInfo("\\Device\\NPF_{4E273621-5161-46C8}", "Intel", 6),
+            InterfaceInfo("eth\u00e90", "", 6),
+            InterfaceInfo("lo", "", 6),
+        )
+        for line, info in zip(extcap.interface_values("rpcap", found), found):
+            offered = line.split("{value=")[1].split("}")[0]
+            self.assertEqual(extcap.daemon_name_of(offered, found), info.name)
+        self.assertEqual(extcap.daemon_name_of("typed-by-hand", found), "typed-by-hand")
+        self.assertIsNone(extcap.daemon_name_of(None, found))
+
 
 class FilterTests(SynchronousTestCase):
     """Wireshark reads the output only after exit 0: nothing means valid, a line is why not."""

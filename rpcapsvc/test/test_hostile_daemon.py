@@ -88,6 +88,41 @@ class UdpSourceTests(SynchronousTestCase):
         self.send(genuine_messages(range(1, 2))[0], port=5000)
         self.assertEqual(self.receiver.daemon_port, 5000)
 
+    def test_out_of_step_datagram_does_not_fix_the_port(self) -> None:
+        """
+        A udpstr datagram far ahead of the stream (held: it may be forged)
+        from another port of the daemon's address does not pick the port:
+        the daemon's datagrams that follow are all delivered.
+        """
+        forged = udpstr_datagrams([marked_frame(FORGED, 1)], first_npkt=1, first_seqno=5000)
+        genuine = udpstr_datagrams([marked_frame(GENUINE, n) for n in range(1, 4)])
+        self.send(forged[0], port=6000)
+        self.assertIsNone(self.receiver.daemon_port)
+        for d in genuine:
+            self.send(d, port=5000)
+        self.assertEqual(self.receiver.daemon_port, 5000)
+        self.assertEqual(markers(self.delivered), [b"GENUINE-0001", b"GENUINE-0002", b"GENUINE-0003"])
+        self.assertEqual(self.receiver.loss.foreign, 0)
+
+    def test_confirmed_hold_cancels_the_release(self) -> None:
+        """
+        Once a held datagram is confirmed the release is cancelled, so the
+        next datagram held waits its whole hold time, not what was left.
+        """
+        clock = Clock()
+        receiver = DatagramPacketReceiver(self.delivered.extend, allowed_host=DAEMON, clock=clock)
+        datagrams = udpstr_datagrams([marked_frame(GENUINE, n) for n in range(1, 41)], mtu=400)
+        for d in datagrams[:1] + datagrams[2:4]:  # one lost: the next is held, then confirmed
+            receiver.datagramReceived(d, (DAEMON, 5000))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(receiver.hold_seconds * 0.8)
+        receiver.datagramReceived(datagrams[5], (DAEMON, 5000))  # another loss: held
+        before = len(self.delivered)
+        clock.advance(receiver.hold_seconds * 0.5)
+        self.assertEqual(len(self.delivered), before)  # still held
+        clock.advance(receiver.hold_seconds * 0.5)
+        self.assertGreater(len(self.delivered), before)
+
     def test_held_udpstr_datagram_is_released(self) -> None:
         """A udpstr datagram after a loss, with nothing after it, reaches the file within the hold time."""
         clock = Clock()
