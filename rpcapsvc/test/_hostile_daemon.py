@@ -745,8 +745,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 class HostileDaemon:
     """The fake in a subprocess, its ready line read: C{port} (passive) or dialling (active)."""
 
-    def __init__(self, name: str, *extra: str, active: Optional[str] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *extra: str,
+        active: Optional[str] = None,
+        timeout: float = 10.0,
+        prefix: Sequence[str] = (),
+    ) -> None:
         command = [
+            *prefix,  # e.g. `ip netns exec NS`: a namespace of its own
             sys.executable,
             "-m",
             "rpcapsvc.test._hostile_daemon",

@@ -16,11 +16,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from rpcapsvc.collector.client import DatagramPacketReceiver
 from rpcapsvc.collector.files import CaptureFileWriter, UnsupportedLinkType, check_linktype
@@ -324,14 +325,37 @@ class PacketFloodTests(SynchronousTestCase):
 
     skip = _skip_reason()
 
+    def setUp(self) -> None:
+        # The flood runs in a network namespace of its own: on the machine's lo it would swamp
+        # the other tests' captures of lo (trial -j runs them at the same time).
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            raise SkipTest("needs root and ip(8) for a network namespace of its own")
+        self.namespace = f"rpcapflood{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.namespace], check=True)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.namespace], check=False)
+        subprocess.run(["ip", "-n", self.namespace, "link", "set", "lo", "up"], check=True)
+        self.inside = ["ip", "netns", "exec", self.namespace]
+
     def flood(self, *options: str) -> str:
-        daemon = HostileDaemon("packet-flood", timeout=6)
+        daemon = HostileDaemon("packet-flood", timeout=6, prefix=self.inside)
         self.addCleanup(daemon.stop)
         directory = tempfile.mkdtemp(prefix="rpcap-flood-")
         self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "out.pcap")
         run = run_measured(
-            [DUMP, "-q", "--duration", "1.5", "-s", "64", "-w", path, *options, daemon.url + "eth0"],
+            [
+                *self.inside,
+                DUMP,
+                "-q",
+                "--duration",
+                "1.5",
+                "-s",
+                "64",
+                "-w",
+                path,
+                *options,
+                daemon.url + "eth0",
+            ],
             timeout=15,
             env=_env(),
         )
