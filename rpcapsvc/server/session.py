@@ -781,8 +781,10 @@ class ServerSession:
 
         def not_closed(failure: Failure) -> None:
             # A fault of ours (libpcap's close does not fail): said once, the session goes on.
-            self.log.failure(
-                "session={session} peer={peer} closing the capture failed", failure, **self._tag()
+            self.log.error(
+                "session={session} peer={peer} closing the capture failed: {why}",
+                why=escaped(f"{failure.value.__class__.__name__}: {failure.getErrorMessage()}"),
+                **self._tag(),
             )
 
         d = capture.stop().addCallbacks(ended, not_closed)

@@ -701,8 +701,11 @@ class EndCaptureTests(SessionTestBase):
             raise RuntimeError("close failed")
 
         handle.close = broken_close  # type: ignore[method-assign]
-        self.assertEqual(client.request(EndCaptureRequest()), EndCaptureReply())
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        with capturedLogs() as events:
+            self.assertEqual(client.request(EndCaptureRequest()), EndCaptureReply())
+        failed = [formatEvent(e) for e in events if "closing the capture failed" in e.get("log_format", "")]
+        self.assertEqual(len(failed), 1, failed)
+        self.assertTrue(failed[0].endswith(" closing the capture failed: RuntimeError: close failed"), failed)
         self.assertEqual(client.session.state, SessionState.OPEN)
         self.assertIsInstance(
             client.request(StartCaptureRequest(100, 1000, StartCapFlags.DGRAM, 2003)), StartCaptureReply
