@@ -405,6 +405,7 @@ class Rpcapsvc(Daemon):
     name = "rpcapsvc"
     udpstr = False
     gso = False  # --udp-gso on udpstr cases
+    workers = False  # --capture-workers: a process per capture
 
     def configure(self, channel: str) -> bool:
         wanted = channel == "udpstr"
@@ -420,6 +421,8 @@ class Rpcapsvc(Daemon):
         ]  # fmt: skip
         if self.udpstr:
             command += ["--udp-mtu", str(UDPSTR_MTU)] + (["--udp-gso"] if self.gso else [])
+        if self.workers:
+            command.append("--capture-workers")
         return command
 
     def environment(self) -> dict[str, str]:
@@ -882,6 +885,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--udp-gso", action="store_true", help="rpcapsvc's udpstr cases with --udp-gso (UDP GSO sends)"
     )
     parser.add_argument(
+        "--capture-workers",
+        action="store_true",
+        help="rpcapsvc with --capture-workers (a process per capture; their CPU is counted with the daemon's)",
+    )
+    parser.add_argument(
         "--max-rate",
         action="store_true",
         help=f"instead of the matrix: per daemon, channel, size and client count, go up the --rate "
@@ -1003,6 +1011,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     else:
                         daemon = Rpcapsvc(free_tcp_port(), workdir)
                         daemon.gso = args.udp_gso
+                        daemon.workers = args.capture_workers
                     profile = profiling if name == "rpcapsvc" else None
                     daemon_cases = list(cases(args, name))
                     if not daemon_cases:
@@ -1040,6 +1049,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "clients": args.clients,
             "max_rate": args.max_rate,
             "udp_gso": args.udp_gso,
+            "capture_workers": args.capture_workers,
             "repeat": args.repeat,
             "filter": CAPTURE_FILTER,
             "client_timeout_ms": CLIENT_TIMEOUT_MS,
