@@ -40,6 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet import protocol
@@ -89,6 +90,8 @@ BATCH_HEAD = struct.Struct("!I")
 COMMAND_TIMEOUT = 10.0
 """Seconds a worker has to answer a request (opening a capture waits on the kernel)."""
 EXIT_TIMEOUT = 5.0
+REAP_GRACE = 0.1
+"""Seconds a worker whose socket closed has to become reapable, so its end can be named."""
 COUNTS_INTERVAL = 0.1
 """How often a worker reports its counters while they change (the daemon's view lags by at most this)."""
 
@@ -364,6 +367,13 @@ class WorkerCaptureHandle:
 
     def _gone_text(self, why: str) -> str:
         code = self.process.poll()
+        # A worker's socket closes as it exits, a moment before it can be
+        # reaped: wait that moment (bounded; only on this failure path) so
+        # the client is told how the worker ended, not just that it went.
+        deadline = time.monotonic() + REAP_GRACE
+        while code is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+            code = self.process.poll()
         if code is not None:
             return f"the capture worker (pid {self.process.pid}) ended: {_status(code)}"
         return f"the capture worker (pid {self.process.pid}) does not answer: {why}"
