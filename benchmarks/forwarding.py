@@ -406,6 +406,7 @@ class Rpcapsvc(Daemon):
     udpstr = False
     gso = False  # --udp-gso on udpstr cases
     workers = False  # --capture-workers: a process per capture
+    extra: list[str] = []  # --rpcapsvc-arg: options of the benchmark's caller, as given
 
     def configure(self, channel: str) -> bool:
         wanted = channel == "udpstr"
@@ -423,7 +424,7 @@ class Rpcapsvc(Daemon):
             command += ["--udp-mtu", str(UDPSTR_MTU)] + (["--udp-gso"] if self.gso else [])
         if self.workers:
             command.append("--capture-workers")
-        return command
+        return command + self.extra
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -890,6 +891,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="rpcapsvc with --capture-workers (a process per capture; their CPU is counted with the daemon's)",
     )
     parser.add_argument(
+        "--rpcapsvc-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an option for rpcapsvc's twistd rpcapd (repeatable; --rpcapsvc-arg=--buffer-size=16777216)",
+    )
+    parser.add_argument(
         "--max-rate",
         action="store_true",
         help=f"instead of the matrix: per daemon, channel, size and client count, go up the --rate "
@@ -1012,6 +1020,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         daemon = Rpcapsvc(free_tcp_port(), workdir)
                         daemon.gso = args.udp_gso
                         daemon.workers = args.capture_workers
+                        daemon.extra = list(args.rpcapsvc_arg)
                     profile = profiling if name == "rpcapsvc" else None
                     daemon_cases = list(cases(args, name))
                     if not daemon_cases:
@@ -1050,6 +1059,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "max_rate": args.max_rate,
             "udp_gso": args.udp_gso,
             "capture_workers": args.capture_workers,
+            "rpcapsvc_args": args.rpcapsvc_arg,
             "repeat": args.repeat,
             "filter": CAPTURE_FILTER,
             "client_timeout_ms": CLIENT_TIMEOUT_MS,

@@ -51,7 +51,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer, provider
 
 from ..capture.blocking import BlockingRunner
-from ..capture.reader import CaptureReader
+from ..capture.reader import BATCH_PACKETS, CaptureReader
 from ..capture.sampling import FirstAfterInterval, OneInEvery, Sampler, sampler_for
 from ..capture.system import (
     CaptureError,
@@ -63,7 +63,8 @@ from ..capture.system import (
     PcapySystem,
     PrefixedProgram,
 )
-from ..protocol.datachannel import PacketBatch
+from ..protocol.bpf import MAXIMUM_SNAPLEN
+from ..protocol.datachannel import BATCH_RECORD, PacketBatch
 from ..protocol.wire import BpfInstruction, BpfProgram
 from .datachannel import IPacketSink, TcpPacketSink, UdpPacketSink, sink_from_settings
 
@@ -71,7 +72,6 @@ from .datachannel import IPacketSink, TcpPacketSink, UdpPacketSink, sink_from_se
 
 FRAME = struct.Struct("!IB")
 """Every message: its payload's length, its kind (one of the constants below), then the payload."""
-MAX_FRAME = 64 * 1024 * 1024
 
 REQUEST = 0x51  # 'Q' daemon -> worker, command socket: a JSON request
 REPLY = 0x52  # 'R' worker -> daemon, command socket: its JSON answer
@@ -86,6 +86,12 @@ COUNTS_BODY = struct.Struct("!QQQQ")
 """sent, dropped, bytes_sent, sampled out."""
 BATCH_HEAD = struct.Struct("!I")
 """The length of the records that follow (the data is the rest)."""
+MAX_FRAME = BATCH_HEAD.size + BATCH_PACKETS * (BATCH_RECORD.size + MAXIMUM_SNAPLEN)
+"""
+The biggest payload either end sends: a relayed batch, as many packets as a
+worker's reader takes at once, each as big as a worker captures (about
+128 MiB).  A frame said to be longer means the stream is broken.
+"""
 
 COMMAND_TIMEOUT = 10.0
 """Seconds a worker has to answer a request (opening a capture waits on the kernel)."""
@@ -98,6 +104,10 @@ COUNTS_INTERVAL = 0.1
 
 class WorkerGone(Exception):
     """The worker did not answer: it died, or its socket broke."""
+
+
+class WorkerBroken(WorkerGone):
+    """The worker's stream makes no sense (or it reads nothing): it cannot be talked to any more."""
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:
@@ -228,7 +238,8 @@ class EventEnd(Protocol):
     def receive(self) -> Optional[tuple[int, bytes]]:
         """The next whole frame; C{None} when none waits; raises L{WorkerGone} at the end."""
 
-    def send(self, frame: bytes, fd: Optional[int] = None) -> None: ...
+    def send(self, frame: bytes, fd: Optional[int] = None) -> None:
+        """Send C{frame} (and C{fd}) without waiting; raises L{WorkerBroken} if the worker reads nothing."""
 
     def close(self) -> None: ...
 
@@ -273,40 +284,81 @@ class CommandSocket:
 
 
 class EventSocket:
-    """The daemon's end of the event socket, read in the reactor thread."""
+    """
+    The daemon's end of the event socket, read and written in the reactor
+    thread, so never blocking: the socket is non-blocking throughout.
+
+    C{receive} reads one frame at a time and never past its end: its header,
+    then exactly the length it declares, as much as has come.  A frame only
+    partly come stays here (the socket drained, so the reactor waits for the
+    rest instead of spinning); the frames after a whole one stay in the
+    socket, which therefore stays readable for the reactor: no whole frame
+    is ever held here unseen, even while the reader is paused.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        sock.setblocking(False)
+        self._header = bytearray(FRAME.size)
+        self._kind = 0
+        self._payload: Optional[bytearray] = None
+        """The frame being read, once its header is in (C{None}: reading a header)."""
+        self._have = 0
+        """How much of the header, or of the payload, is in."""
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def receive(self) -> Optional[tuple[int, bytes]]:
+        """The next whole frame; C{None} when it has not all come yet; raises L{WorkerGone} at the end."""
+        while True:
+            if self._payload is None:
+                if not self._read_into(memoryview(self._header)[self._have :]):
+                    return None
+                if self._have < FRAME.size:
+                    continue
+                length, self._kind = FRAME.unpack(self._header)
+                if length > MAX_FRAME:
+                    raise WorkerBroken(
+                        f"it sent a message of {length} bytes (at most {MAX_FRAME} make sense)"
+                    )
+                self._payload, self._have = bytearray(length), 0
+            if self._have == len(self._payload):
+                frame = self._kind, bytes(self._payload)
+                self._payload, self._have = None, 0
+                return frame
+            if not self._read_into(memoryview(self._payload)[self._have :]):
+                return None
+
+    def _read_into(self, room: memoryview) -> bool:
+        """Read what has come into C{room}: C{False} when nothing has."""
         try:
-            # Non-blocking for this peek: a socket with a timeout polls first, whatever the flags.
-            self._sock.setblocking(False)
-            header = self._sock.recv(FRAME.size, socket.MSG_PEEK)
+            count = self._sock.recv_into(room)
         except BlockingIOError:
-            return None
+            return False
         except OSError as e:
-            raise WorkerGone(str(e)) from e
-        if not header:
-            raise WorkerGone("the capture worker closed its socket")
-        if len(header) < FRAME.size:
-            return None  # the rest of the header is on its way: readable again then
-        # The frame is being written: wait for the rest of it (briefly: the
-        # worker writes whole frames), leaving later frames in the socket so
-        # that it stays readable for the reactor.
-        try:
-            self._sock.settimeout(COMMAND_TIMEOUT)
-            length, kind = FRAME.unpack(_recv_exact(self._sock, FRAME.size))
-            return kind, _recv_exact(self._sock, length)
-        except OSError as e:
-            raise WorkerGone(str(e)) from e
+            raise WorkerGone(str(e) or type(e).__name__) from e
+        if not count:
+            midway = self._have or self._payload is not None
+            raise WorkerGone(
+                "the capture worker closed its socket" + (" in the middle of a message" if midway else "")
+            )
+        self._have += count
+        return True
 
     def send(self, frame: bytes, fd: Optional[int] = None) -> None:
-        self._sock.settimeout(COMMAND_TIMEOUT)
-        socket.send_fds(self._sock, [frame], [fd] if fd is not None else [])
+        """
+        Send a frame at once, or raise L{WorkerBroken}: the worker has left
+        the socket's whole buffer unread, hundreds of frames (the daemon
+        sends one per data channel and per setsampling, each well under the
+        socket's buffer, so each goes as one piece or not at all): it is stuck.
+        """
+        try:
+            sent = socket.send_fds(self._sock, [frame], [fd] if fd is not None else [])
+        except BlockingIOError:
+            sent = 0
+        if sent < len(frame):
+            raise WorkerBroken("it does not read what the daemon sends it")
 
     def close(self) -> None:
         self._sock.close()
@@ -348,6 +400,8 @@ class WorkerCaptureHandle:
         self._killed = False
         """Killed by the service as it stopped (a close under way then says nothing of it)."""
         self._on_closed: Optional[Callable[[WorkerCaptureHandle], None]] = None
+        self._ended_because: Optional[str] = None
+        """Why the daemon ended a worker it could no longer talk to (see L{_end_broken})."""
 
     # --- requests (capture threads) -----------------------------------------------
 
@@ -366,6 +420,8 @@ class WorkerCaptureHandle:
         return reply
 
     def _gone_text(self, why: str) -> str:
+        if self._ended_because is not None:
+            return f"the capture worker (pid {self.process.pid}) was ended: {self._ended_because}"
         code = self.process.poll()
         # A worker's socket closes as it exits, a moment before it can be
         # reaped: wait that moment (bounded; only on this failure path) so
@@ -454,6 +510,8 @@ class WorkerCaptureHandle:
         spec["sampling"] = (0, 0) if self.relayed else sampling_of(sampler)
         try:
             self._events.send(encode_json(FORWARD, spec), sock.fileno() if sock is not None else None)
+        except WorkerBroken as e:
+            self._end_broken(str(e))
         except OSError:
             pass  # the worker is gone: the next read says so
 
@@ -473,17 +531,44 @@ class WorkerCaptureHandle:
             return  # not forwarding yet (the spec carries it), or relayed: sampled here
         try:
             self._events.send(encode_json(SAMPLING, {"sampling": sampling_of(sampler)}), None)
+        except WorkerBroken as e:
+            self._end_broken(str(e))
         except OSError:
             pass  # the worker is gone: the next read says so
+
+    def _end_broken(self, why: str) -> None:
+        """
+        The worker reads nothing (stopped, or wedged), or its stream makes
+        no sense: end it rather than wait on it in the reactor.  Its capture
+        fails with this reason (the event socket closes: the next read).
+        """
+        if self._closed or self._ended_because is not None:
+            return
+        self._ended_because = why
+        self._killed = True  # said here, once: not again as the handle closes
+        self.log.warn(
+            "{capture}: capture worker pid={pid} ended: {why}",
+            capture=self.description or "capture",
+            pid=self.process.pid,
+            why=why,
+        )
+        self.process.kill()
 
     def fileno(self) -> int:
         return self._events.fileno()
 
     def read_batch(self, max_packets: int) -> PacketBatch:
-        """Relayed packets, if any; meanwhile the worker's counters, warnings and failure."""
+        """
+        Relayed packets, if any; meanwhile the worker's counters, warnings
+        and failure.  Never waits: what has not come yet, or is left after
+        a bounded turn, keeps the socket readable for the next one.
+        """
         for _ in range(64):
             try:
                 frame = self._events.receive()
+            except WorkerBroken as e:
+                self._end_broken(str(e))
+                raise CaptureError(self._gone_text(str(e))) from e
             except WorkerGone as e:
                 raise CaptureError(self._gone_text(str(e))) from e
             if frame is None:

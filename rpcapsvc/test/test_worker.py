@@ -8,8 +8,10 @@ as they would cross the sockets).
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
+import time
 from collections import deque
 from typing import Any, Optional
 
@@ -18,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from ..capture.reader import CaptureReader
 from ..capture.sampling import FirstAfterInterval, OneInEvery
 from ..capture.system import CaptureError, CaptureOptions, Direction, PrefixedProgram
 from ..protocol import bpf
@@ -433,3 +436,153 @@ class StopOrderTests(SynchronousTestCase):
 
 def _no_compile(expression: str, linktype: int) -> Any:
     raise AssertionError("no compilation expected")
+
+
+def _readable(sock: socket.socket) -> bool:
+    """What the reactor's (level-triggered) poll would say of the daemon's end."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class EventSocketTests(SynchronousTestCase):
+    """
+    The daemon's end of the event socket, on a real socket pair (the
+    worker's end written by hand): read in the reactor thread, it never
+    waits, and leaves no whole frame unseen.
+    """
+
+    def setUp(self) -> None:
+        here, self.there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(self.there.close)
+        self.events = w.EventSocket(here)
+        self.addCleanup(self.events.close)
+
+    def _handle(self) -> tuple[w.WorkerCaptureHandle, FakeProcess, list[str]]:
+        def no_requests(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+            raise AssertionError("no request is made here")
+
+        process = FakeProcess()
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_level") is LogLevel.warn:
+                warnings.append(event["log_format"].format(**event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return w.WorkerCaptureHandle(process, no_requests, self.events, "capture on lo"), process, warnings
+
+    def test_a_frame_coming_in_pieces_is_waited_for_without_blocking(self) -> None:
+        frame = w.encode_batch(PacketBatch.from_packets(PACKETS))
+        started = time.monotonic()
+        for piece in (frame[:3], frame[3:7], frame[7:100]):
+            self.there.sendall(piece)
+            self.assertIsNone(self.events.receive())  # not all there yet: back to the reactor at once
+            self.assertFalse(_readable(self.events))  # all read: the reactor waits, no spinning
+        self.there.sendall(frame[100:])
+        kind, payload = self.events.receive() or (0, b"")
+        self.assertEqual((kind, w.decode_batch(payload)), (w.BATCH, PacketBatch.from_packets(PACKETS)))
+        self.assertIsNone(self.events.receive())
+        self.assertLess(time.monotonic() - started, 1.0)
+
+    def test_a_batch_bigger_than_the_socket_buffer_comes_whole(self) -> None:
+        packets = [(3, n, bytes([n]) * 60000) for n in range(40)]  # 2.4 MB: many reads
+        frame = memoryview(w.encode_batch(PacketBatch.from_packets(packets)))
+        self.there.setblocking(False)
+        received = []
+        for _ in range(10000):  # each round moves a socket buffer's worth: far fewer are needed
+            if frame:
+                try:
+                    frame = frame[self.there.send(frame) :]
+                except BlockingIOError:
+                    pass
+            got = self.events.receive()
+            if got is not None:
+                received.append(got)
+                break
+        self.assertFalse(frame)
+        [(kind, payload)] = received
+        self.assertEqual(w.decode_batch(payload), PacketBatch.from_packets(packets))
+
+    def test_frames_that_came_together_are_each_delivered_without_more_data(self) -> None:
+        sent = [(w.COUNTS, w.COUNTS_BODY.pack(n, 0, 10 * n, 0)) for n in range(50)]
+        sent += [(w.WARNING, b"one line"), (w.BATCH, b"\0\0\0\0"), (w.FAILED, b"")]
+        self.there.sendall(b"".join(w.encode_frame(kind, payload) for kind, payload in sent))
+        received = []
+        while _readable(self.events):  # the reactor is told as long as any is left
+            frame = self.events.receive()
+            assert frame is not None
+            received.append(frame)
+        self.assertEqual(received, sent)
+        self.assertIsNone(self.events.receive())
+
+    def test_each_relayed_batch_reaches_the_sessions_reader_with_no_more_data(self) -> None:
+        """The session's L{CaptureReader} stops after a short batch: the rest must wake it again."""
+        handle, _, _ = self._handle()
+        batches = [PacketBatch.from_packets([(4, n, bytes([n]) * (n + 20))]) for n in range(6)]
+        frames = []
+        for n, batch in enumerate(batches):
+            frames += [w.encode_frame(w.COUNTS, w.COUNTS_BODY.pack(n, 0, 0, 0)), w.encode_batch(batch)]
+        self.there.sendall(b"".join(frames))
+        delivered: list[PacketBatch] = []
+        errors: list[str] = []
+        reader = CaptureReader(MemoryReactorClock(), handle, delivered.append, errors.append)
+        reader.start()
+        turns = 0
+        while _readable(self.events) and turns < 100:
+            reader.doRead()
+            turns += 1
+        self.assertEqual((delivered, errors), (batches, []))
+        self.assertEqual(len(handle.read_batch(512)), 0)  # nothing was held back
+
+    def test_a_message_said_to_be_too_long_ends_the_worker_with_the_reason(self) -> None:
+        handle, process, warnings = self._handle()
+        self.there.sendall(w.FRAME.pack(w.MAX_FRAME + 1, w.BATCH))
+        why = f"it sent a message of {w.MAX_FRAME + 1} bytes (at most {w.MAX_FRAME} make sense)"
+        with self.assertRaises(CaptureError) as caught:
+            handle.read_batch(512)
+        self.assertEqual(str(caught.exception), f"the capture worker (pid 4242) was ended: {why}")
+        self.assertTrue(process.killed)
+        self.assertEqual(warnings, [f"capture on lo: capture worker pid=4242 ended: {why}"])
+        handle.close()
+        self.assertEqual(len(warnings), 1)  # not again as it closes
+
+    def test_the_worker_closing_midway_through_a_message_is_the_worker_gone(self) -> None:
+        self.there.sendall(w.encode_frame(w.COUNTS, w.COUNTS_BODY.pack(1, 2, 3, 4))[:20])
+        self.assertIsNone(self.events.receive())
+        self.there.close()
+        with self.assertRaises(w.WorkerGone) as caught:
+            self.events.receive()
+        self.assertEqual(
+            str(caught.exception), "the capture worker closed its socket in the middle of a message"
+        )
+
+    def test_the_worker_closing_between_messages_is_the_worker_gone(self) -> None:
+        self.there.sendall(w.encode_frame(w.WARNING, b"bye"))
+        self.there.close()
+        self.assertEqual(self.events.receive(), (w.WARNING, b"bye"))
+        with self.assertRaises(w.WorkerGone) as caught:
+            self.events.receive()
+        self.assertEqual(str(caught.exception), "the capture worker closed its socket")
+
+    def test_sending_to_a_worker_that_reads_nothing_never_waits(self) -> None:
+        handle, process, warnings = self._handle()
+        started = time.monotonic()
+        frame = w.encode_json(w.SAMPLING, {"sampling": [1, 10]})
+        with self.assertRaises(w.WorkerBroken):
+            for _ in range(100000):  # the socket's buffer fills long before
+                self.events.send(frame)
+        self.assertLess(time.monotonic() - started, 2.0)
+        # The data channel handed over then: the stuck worker is ended, and its capture fails saying why.
+        handle.forward_to(RecordingSink(200), None)
+        self.assertTrue(process.killed)
+        self.assertEqual(
+            warnings,
+            ["capture on lo: capture worker pid=4242 ended: it does not read what the daemon sends it"],
+        )
+        self.there.close()  # as the killed worker's end does
+        with self.assertRaises(CaptureError) as caught:
+            handle.read_batch(512)
+        self.assertEqual(
+            str(caught.exception),
+            "the capture worker (pid 4242) was ended: it does not read what the daemon sends it",
+        )
