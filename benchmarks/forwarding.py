@@ -404,7 +404,7 @@ class Rpcapsvc(Daemon):
 
     name = "rpcapsvc"
     udpstr = False
-    gso = False  # --udp-gso on udpstr cases
+    gso = False  # --udp-gso (classic UDP and udpstr)
     workers = False  # --capture-workers: a process per capture
     extra: list[str] = []  # --rpcapsvc-arg: options of the benchmark's caller, as given
 
@@ -421,7 +421,9 @@ class Rpcapsvc(Daemon):
             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--null-auth",
         ]  # fmt: skip
         if self.udpstr:
-            command += ["--udp-mtu", str(UDPSTR_MTU)] + (["--udp-gso"] if self.gso else [])
+            command += ["--udp-mtu", str(UDPSTR_MTU)]
+        if self.gso:
+            command.append("--udp-gso")
         if self.workers:
             command.append("--capture-workers")
         return command + self.extra
@@ -883,7 +885,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="clients capturing at once, each getting every packet (repeatable; 1)",
     )
     parser.add_argument(
-        "--udp-gso", action="store_true", help="rpcapsvc's udpstr cases with --udp-gso (UDP GSO sends)"
+        "--udp-gso",
+        action="store_true",
+        help="rpcapsvc with --udp-gso (UDP GSO sends, classic UDP and udpstr)",
     )
     parser.add_argument(
         "--capture-workers",

@@ -55,9 +55,9 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
         [
             "udp-gso",
             None,
-            "With --udp-mtu: send udpstr datagrams with UDP GSO (Linux >= 4.18), the kernel cutting "
-            "runs of them from one send: the same datagrams reach the collector for a fraction of the "
-            "CPU, but a capture on this host shows the uncut sends (up to 64 KiB).",
+            "Send UDP data (classic and udpstr) with UDP GSO (Linux >= 4.18), the kernel cutting runs "
+            "of equal-sized datagrams from one send: the same datagrams reach the collector for a "
+            "fraction of the CPU, but a capture on this host shows the uncut sends (up to 64 KiB).",
         ],
         [
             "capture-workers",
@@ -248,8 +248,6 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
         if self["udpstr-tcp"] and not mtu:
             raise usage.UsageError("--udpstr-tcp needs --udp-mtu: the MTU its datagrams are cut at")
-        if self["udp-gso"] and not mtu:
-            raise usage.UsageError("--udp-gso needs --udp-mtu: only udpstr datagrams are sent that way")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
         for name in ("max-sessions", "max-unauthenticated", "max-unauthenticated-per-host", "auth-timeout"):

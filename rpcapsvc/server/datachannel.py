@@ -8,7 +8,7 @@ udpstr (ExtraHop's format, C{--udp-mtu}; over TCP too with C{--udpstr-tcp},
 as the fork frames every channel).  On Linux a batch goes to the kernel in
 one system call with no copy in Python (L{rpcapsvc.server.fastsend}):
 C{sendmsg} over TCP while Twisted's buffer is empty, C{sendmmsg} over UDP,
-UDP GSO for udpstr when asked (C{--udp-gso}).  L{DataChannels} opens sinks
+UDP GSO for classic UDP and udpstr when asked (C{--udp-gso}).  L{DataChannels} opens sinks
 with a reactor; the session only sees L{IPacketSink}.
 """
 
@@ -311,18 +311,34 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         sock = getattr(self.transport, "socket", None)
         return sock.send if sock is not None else self.transport.write  # type: ignore[union-attr,return-value]
 
-    def __init__(self, snaplen: int) -> None:
+    def __init__(self, snaplen: int, segmenting: bool = False) -> None:
         super().__init__(snaplen)
         self.send_errors: dict[str, int] = {}
         """Datagrams refused, by the reason the kernel gave (each reason logged once)."""
+        self.segmenting = segmenting
+        """
+        Whether to send with UDP GSO (C{--udp-gso}); off for good once the
+        kernel refuses it.
+        """
+        self._segments_up_to = 1 << 16
+        """The largest datagram the path has not refused to segment."""
 
     def settings(self) -> dict[str, Any]:
         """What makes this sink again (L{sink_from_settings}; a capture worker's copy): JSON types."""
-        return {"kind": self.kind, "snaplen": self.snaplen}
+        return {"kind": self.kind, "snaplen": self.snaplen, "segmenting": self.segmenting}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], clock: IReactorTime) -> UdpPacketSink:
-        return cls(settings["snaplen"])
+        return cls(settings["snaplen"], settings.get("segmenting", False))
+
+    def _segmenting_refused(self) -> None:
+        self.segmenting = False
+        self.log.info(
+            "{tag}UDP data channel to {to}: the kernel will not segment (UDP GSO); "
+            "sending each datagram on its own",
+            tag=f"{self.log_tag} " if self.log_tag else "",
+            to=self._peer(),
+        )
 
     def _refused(self, error: Exception) -> None:
         # The network or the kernel's state (a full buffer, an ICMP
@@ -378,7 +394,17 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
             # One sendmmsg for the batch: each message a datagram, its header
             # and the packet's bytes given to the kernel where they lie.
             vectors = packet_vectors(batch, self.snaplen, self.sent + self.dropped + 1)
-            refused = self.batch_sender.send_datagrams(fd, vectors, self._refused_in_batch)
+            if self.segmenting:
+                # UDP GSO: each run of equal-sized datagrams down the stack as one.
+                refused, largest = self.batch_sender.send_datagrams_segmented(
+                    fd, vectors, self._segments_up_to, self._refused_in_batch
+                )
+                if largest is None:
+                    self._segmenting_refused()
+                else:
+                    self._segments_up_to = largest
+            else:
+                refused = self.batch_sender.send_datagrams(fd, vectors, self._refused_in_batch)
             self.sent += vectors.count - len(refused)
             self.dropped += len(refused)
             self.bytes_sent += vectors.total - sum(map(vectors.message_length, refused))
@@ -434,7 +460,7 @@ class UdpStrPacketSink(UdpPacketSink):
     def __init__(
         self, snaplen: int, mtu: int, clock: IReactorTime, flush_after: float, segmenting: bool = False
     ) -> None:
-        super().__init__(snaplen)
+        super().__init__(snaplen, segmenting)
         self.framer = UdpStrFramer(mtu)
         self.datagrams = 0
         self._clock = clock
@@ -442,11 +468,6 @@ class UdpStrPacketSink(UdpPacketSink):
         self._flush_call: Optional[IDelayedCall] = None
         self._npkt = 1
         self._last_datagram = b""
-        self.segmenting = segmenting
-        """
-        Whether to send with UDP GSO (C{--udp-gso}); off for good once the
-        kernel or path refuses it.
-        """
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -474,12 +495,7 @@ class UdpStrPacketSink(UdpPacketSink):
                     fd, datagrams, self._refused_in_batch
                 )
                 if not self.segmenting:
-                    self.log.info(
-                        "{tag}UDP data channel to {to}: the kernel will not segment (UDP GSO); "
-                        "sending each datagram on its own",
-                        tag=f"{self.log_tag} " if self.log_tag else "",
-                        to=self._peer(),
-                    )
+                    self._segmenting_refused()
             else:
                 refused = self.batch_sender.send_buffers(fd, datagrams, self._refused_in_batch)
             lost = [datagrams[i] for i in refused]
@@ -658,7 +674,7 @@ class DataChannels:
                 snaplen, self.udp_mtu, self._reactor, read_timeout_ms / 1000.0, segmenting=self.udp_gso
             )
         else:
-            sink = UdpPacketSink(snaplen)
+            sink = UdpPacketSink(snaplen, segmenting=self.udp_gso)
         interface = "::" if ":" in host else ""
         udp_port = self._reactor.listenUDP(0, sink, interface=interface)  # type: ignore[attr-defined]
         try:

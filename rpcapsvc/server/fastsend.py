@@ -426,6 +426,76 @@ def send_segmented(
     return refused, not unsegmented
 
 
+def send_datagrams_segmented(
+    fd: int, vectors: PacketVectors, largest: int, on_refused: Callable[[int, OSError], bool]
+) -> tuple[list[int], Optional[int]]:
+    """
+    L{send_datagrams} with UDP GSO: each run of equal-sized messages (what
+    captures of bulk traffic are made of) goes as one send that the kernel
+    cuts into the same datagrams, so one pass down the stack carries up to
+    L{GSO_MAX_SEGMENTS} of them.  Only runs of messages of at most
+    C{largest} bytes are segmented (a path refuses segments above its MTU).
+
+    Returns the refused indexes, and the new C{largest}: lowered below a
+    size the path refused to segment, or C{None} if the kernel cannot
+    segment at all (the caller then sends without GSO from now on).  A run
+    the kernel will not segment is sent at once, datagram by datagram, so
+    the order of the datagrams is kept.
+    """
+    count = vectors.count
+    sizes = [MESSAGE_HEADER_SIZE + length for length in vectors.iov[3 :: 2 * _IOVEC_WORDS]]
+    plan: list[tuple[int, int, bool]] = []  # (start, end, segmented)
+    for start, end in gso_groups(sizes):
+        if end - start > 1 and sizes[start] <= largest:
+            plan.append((start, end, True))
+        else:
+            plan.extend((index, index + 1, False) for index in range(start, end))
+    if len(plan) * 4 > count:
+        # Few runs (packets of many sizes, or too big to segment): nothing to gain.
+        return send_datagrams(fd, vectors, on_refused), largest
+    iov_at = vectors.iov.buffer_info()[0]
+    step = 8 * _IOVEC_WORDS * 2  # a message's two iovecs
+    control = ctypes.create_string_buffer(_CMSG_SPACE_U16 * len(plan))
+    control_at = ctypes.addressof(control)
+    mmsg = array("Q", bytes(8 * _MMSGHDR_WORDS * len(plan)))
+    for number, (start, end, segmented) in enumerate(plan):
+        base = number * _MMSGHDR_WORDS
+        mmsg[base + _MSGHDR_IOV] = iov_at + step * start
+        mmsg[base + _MSGHDR_IOVLEN] = 2 * (end - start)
+        if segmented:
+            cmsg = _CMSG_SPACE_U16 * number
+            struct.pack_into("=QiiH", control, cmsg, _CMSG + 2, SOL_UDP, UDP_SEGMENT, sizes[start])
+            mmsg[base + 4] = control_at + cmsg  # msg_control
+            mmsg[base + 5] = _CMSG_SPACE_U16  # msg_controllen
+    refused: list[int] = []
+    still: list[Optional[int]] = [largest]
+
+    def each_alone(start: int, end: int) -> None:
+        def shifted(index: int, error: OSError) -> bool:
+            refused.append(start + index)
+            return on_refused(start + index, error)
+
+        _send_messages(fd, _message_array(iov_at + step * start, end - start, 2), end - start, shifted)
+
+    def plan_refused(number: int, error: OSError) -> bool:
+        start, end, segmented = plan[number]
+        if segmented and error.errno in GSO_REFUSED:
+            if error.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                still[0] = None  # no UDP GSO in this kernel
+            elif still[0] is not None:
+                still[0] = min(still[0], sizes[start] - 1)
+            each_alone(start, end)
+            return True
+        for index in range(start, end):
+            refused.append(index)
+            on_refused(index, error)
+        return True
+
+    _send_messages(fd, mmsg, len(plan), plan_refused)
+    refused.sort()
+    return refused, still[0]
+
+
 def writable_fd(transport: object) -> Optional[int]:
     """
     The descriptor of C{transport} if it is a plain Twisted TCP connection,
@@ -469,6 +539,7 @@ class LibcBatchSender:
     send_datagrams = staticmethod(send_datagrams)
     send_buffers = staticmethod(send_buffers)
     send_segmented = staticmethod(send_segmented)
+    send_datagrams_segmented = staticmethod(send_datagrams_segmented)
 
 
 BATCH_SENDER: Optional[LibcBatchSender] = LibcBatchSender() if AVAILABLE else None

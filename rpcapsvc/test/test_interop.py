@@ -55,6 +55,40 @@ class PassiveDaemonMixin:
         return cap
 
 
+class UdpGsoCaptureTests(PassiveDaemonMixin, SynchronousTestCase):
+    """
+    libpcap's client over a classic UDP data channel from a daemon that
+    sends with UDP GSO (C{--udp-gso}): a burst of equal-sized packets (one
+    segmented send per run) arrives whole, in order, byte for byte.
+    """
+
+    skip = SKIP
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.daemon.stop()
+        self.daemon = Daemon(
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--null-auth", "--udp-gso", wait_port=self.port
+        )  # fmt: skip
+        self.addCleanup(self.daemon.stop)
+
+    def test_a_burst_of_equal_packets_arrives_whole_and_in_order(self) -> None:
+        cap = self.capture("--filter", f"udp dst port {self.traffic.port}", "--udp", "--max-seconds", "8")
+        warm_up(cap, self.traffic)
+        count = 300
+        for n in range(count):
+            self.traffic.send(f"gso-{n:04d}", size=400)
+        cap.wait_for(lambda lines: any(has_marker(f, f"gso-{count - 1:04d}") for f in payloads(lines)))
+        cap.kill()
+        frames = [f for f in payloads(cap.lines) if b"gso-" in f]
+        self.assertEqual(
+            [f[f.index(b"gso-") : f.index(b"gso-") + 8] for f in frames],
+            [f"gso-{n:04d}".encode() for n in range(count)],
+        )
+        self.assertEqual({len(f) for f in frames}, {14 + 20 + 8 + 400})
+        self.assertNotIn("will not segment", self.daemon.log())
+
+
 class FindAllDevsTests(PassiveDaemonMixin, SynchronousTestCase):
     skip = e2e_skip_reason(need_capture=False)
 
