@@ -80,7 +80,7 @@ CLIENT_TIMEOUT_MS = 100  # pcap read timeout, sent to the daemon in startcap
 CLIENT_IDLE_MS = 1000  # after the replay, the client stops after this long without packets
 SETTLE_SECONDS = 0.5  # between "capture running" and the replay
 
-DAEMONS = ("libpcap", "rpcapsvc", "extrahop")
+DAEMONS = ("libpcap", "rpcapsvc", "rpcapsvc-nogso", "extrahop")
 DEFAULT_DAEMONS = ("libpcap", "rpcapsvc")
 CHANNELS = ("tcp", "udp", "udpstr")
 DEFAULT_CHANNELS = ("tcp", "udp")
@@ -89,7 +89,12 @@ UDPSTR_CLIENT = BENCH_DIR / "udpstr-client.py"
 MAX_LOSS_PCT = 0.1  # --max-rate: the most a rate may lose and still count as forwarded
 # Which channels each daemon speaks: libpcap's rpcapd has no udpstr; ExtraHop's
 # fork is run for udpstr only (with -t it frames every channel that way).
-DAEMON_CHANNELS = {"libpcap": ("tcp", "udp"), "rpcapsvc": CHANNELS, "extrahop": ("udpstr",)}
+DAEMON_CHANNELS = {
+    "libpcap": ("tcp", "udp"),
+    "rpcapsvc": CHANNELS,
+    "rpcapsvc-nogso": ("udp", "udpstr"),
+    "extrahop": ("udpstr",),
+}
 
 
 # --- small helpers -------------------------------------------------------------
@@ -404,7 +409,7 @@ class Rpcapsvc(Daemon):
 
     name = "rpcapsvc"
     udpstr = False
-    gso = False  # --udp-gso (classic UDP and udpstr)
+    gso = True  # UDP GSO, the default (False: --no-udp-gso)
     workers = False  # --capture-workers: a process per capture
     extra: list[str] = []  # --rpcapsvc-arg: options of the benchmark's caller, as given
 
@@ -422,8 +427,8 @@ class Rpcapsvc(Daemon):
         ]  # fmt: skip
         if self.udpstr:
             command += ["--udp-mtu", str(UDPSTR_MTU)]
-        if self.gso:
-            command.append("--udp-gso")
+        if not self.gso:
+            command.append("--no-udp-gso")
         if self.workers:
             command.append("--capture-workers")
         return command + self.extra
@@ -777,14 +782,14 @@ def format_ratios(results: list[Result]) -> str:
     by_case = {(r.case.daemon, r.case.channel, r.case.size, r.case.rate, r.case.clients): r for r in results}
     lines = ["CPU µs/pkt side by side (rpcapsvc ÷ other):"]
     for (daemon, channel, size, rate, clients), ours in by_case.items():
-        if daemon != "rpcapsvc" or ours.cpu_us_per_packet is None:
+        if not daemon.startswith("rpcapsvc") or ours.cpu_us_per_packet is None:
             continue
         for other in ("libpcap", "extrahop"):
             theirs = by_case.get((other, channel, size, rate, clients))
             if theirs is None or not theirs.cpu_us_per_packet:
                 continue
             lines.append(
-                f"  {channel:6} x{clients} {size:5} B {rate:>7} pps: rpcapsvc {ours.cpu_us_per_packet:.2f} "
+                f"  {channel:6} x{clients} {size:5} B {rate:>7} pps: {daemon} {ours.cpu_us_per_packet:.2f} "
                 f"{other} {theirs.cpu_us_per_packet:.2f} ratio {ours.cpu_us_per_packet / theirs.cpu_us_per_packet:.2f}"
                 f"  (loss {ours.loss_pct:.2f} % / {theirs.loss_pct:.2f} %)"
             )
@@ -876,7 +881,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--daemon",
         choices=DAEMONS,
         action="append",
-        help="daemon (repeatable; libpcap and rpcapsvc; extrahop, ExtraHop's fork, runs udpstr cases only)",
+        help="daemon (repeatable; libpcap and rpcapsvc; rpcapsvc-nogso, rpcapsvc with --no-udp-gso, runs UDP "
+        "cases only; extrahop, ExtraHop's fork, udpstr cases only)",
     )
     parser.add_argument(
         "--clients",
@@ -885,9 +891,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="clients capturing at once, each getting every packet (repeatable; 1)",
     )
     parser.add_argument(
-        "--udp-gso",
+        "--no-udp-gso",
         action="store_true",
-        help="rpcapsvc with --udp-gso (UDP GSO sends, classic UDP and udpstr)",
+        help="rpcapsvc with --no-udp-gso (each UDP datagram sent on its own)",
     )
     parser.add_argument(
         "--capture-workers",
@@ -1022,10 +1028,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         daemon = ExtrahopRpcapd(free_tcp_port(), workdir, args.peers)
                     else:
                         daemon = Rpcapsvc(free_tcp_port(), workdir)
-                        daemon.gso = args.udp_gso
+                        daemon.name = name  # rpcapsvc-nogso: the same with --no-udp-gso, in the same run
+                        daemon.gso = not (args.no_udp_gso or name == "rpcapsvc-nogso")
                         daemon.workers = args.capture_workers
                         daemon.extra = list(args.rpcapsvc_arg)
-                    profile = profiling if name == "rpcapsvc" else None
+                    profile = profiling if name.startswith("rpcapsvc") else None
                     daemon_cases = list(cases(args, name))
                     if not daemon_cases:
                         continue
@@ -1061,7 +1068,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "seconds": args.seconds,
             "clients": args.clients,
             "max_rate": args.max_rate,
-            "udp_gso": args.udp_gso,
+            "no_udp_gso": args.no_udp_gso,
             "capture_workers": args.capture_workers,
             "rpcapsvc_args": args.rpcapsvc_arg,
             "repeat": args.repeat,

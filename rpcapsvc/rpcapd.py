@@ -311,7 +311,9 @@ def translate(argv: list[str], is_root: Optional[bool] = None) -> Invocation:
         args += ["--config", config]
     if mtu:
         args += ["--udp-mtu", str(mtu), "--udpstr-tcp"]
-    args += ["--udp-sndbuf", str(sndbuf), "--buffer-size", str(bufsize)]
+    # Datagrams sent one by one, as the fork sends them (a capture on this
+    # host sees the same datagrams as the collector does).
+    args += ["--udp-sndbuf", str(sndbuf), "--buffer-size", str(bufsize), "--no-udp-gso"]
     framing = f"udpstr at MTU {mtu} (-t 0 for classic)" if mtu else "classic, as libpcap's (-t 0)"
     inv.summary = (
         f"ExtraHop-style rpcapd: data framing {framing} on TCP and UDP; "

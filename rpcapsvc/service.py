@@ -271,11 +271,13 @@ class RpcapdService(MultiService):
     def _log_buffer_sizes(self) -> None:
         """The buffers that decide what a burst loses, said once at start."""
         sndbuf = getattr(self.data_channels, "udp_sndbuf", None)
+        gso = getattr(self.data_channels, "udp_gso", False)
         self.log.info(
             "Buffers: capture {capture} bytes per capture (--buffer-size); UDP data channels: "
-            "send {send} (--udp-sndbuf)",
+            "send {send} (--udp-sndbuf), {gso}",
             capture=self.policy.buffer_size,
             send=f"{sndbuf} bytes" if sndbuf else "the kernel's default",
+            gso="UDP GSO where the kernel has it (--no-udp-gso: off)" if gso else "no UDP GSO",
         )
 
     def _check_settings(self) -> None:

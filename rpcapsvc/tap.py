@@ -53,12 +53,14 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             "Also frame TCP data channels as udpstr, as ExtraHop's rpcapd does; needs --udp-mtu.",
         ],
         [
-            "udp-gso",
+            "no-udp-gso",
             None,
-            "Send UDP data (classic and udpstr) with UDP GSO (Linux >= 4.18), the kernel cutting runs "
-            "of equal-sized datagrams from one send: the same datagrams reach the collector for a "
-            "fraction of the CPU, but a capture on this host shows the uncut sends (up to 64 KiB).",
+            "Send each UDP data datagram on its own.  By default runs of equal-sized datagrams (classic "
+            "and udpstr) go with UDP GSO (Linux >= 4.18; elsewhere one by one), the kernel cutting them "
+            "from one send: the same datagrams reach the collector for about half the CPU, but a "
+            "capture on this host shows the uncut sends (up to 64 KiB).",
         ],
+        ["udp-gso", None, "UDP GSO (the default; for older command lines)."],
         [
             "capture-workers",
             None,
@@ -248,6 +250,8 @@ class Options(OneLineErrors, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--udp-mtu must be 0 or between {MIN_MTU} and {MAX_MTU}")
         if self["udpstr-tcp"] and not mtu:
             raise usage.UsageError("--udpstr-tcp needs --udp-mtu: the MTU its datagrams are cut at")
+        if self["udp-gso"] and self["no-udp-gso"]:
+            raise usage.UsageError("--udp-gso and --no-udp-gso: choose one")
         if self["udp-sndbuf"] is not None and self["udp-sndbuf"] <= 0:
             raise usage.UsageError("--udp-sndbuf must be positive")
         for name in ("max-sessions", "max-unauthenticated", "max-unauthenticated-per-host", "auth-timeout"):
@@ -318,7 +322,7 @@ def makeService(options: Options) -> RpcapdService:
             udp_mtu=options["udp-mtu"],
             udp_sndbuf=options["udp-sndbuf"],
             tcp_udpstr=bool(options["udpstr-tcp"]),
-            udp_gso=bool(options["udp-gso"]),
+            udp_gso=not options["no-udp-gso"],
         ),
         reload_on_sighup=True,
         metrics=options["metrics"],

@@ -8,7 +8,7 @@ udpstr (ExtraHop's format, C{--udp-mtu}; over TCP too with C{--udpstr-tcp},
 as the fork frames every channel).  On Linux a batch goes to the kernel in
 one system call with no copy in Python (L{rpcapsvc.server.fastsend}):
 C{sendmsg} over TCP while Twisted's buffer is empty, C{sendmmsg} over UDP,
-UDP GSO for classic UDP and udpstr when asked (C{--udp-gso}).  L{DataChannels} opens sinks
+UDP GSO for runs of equal-sized datagrams (unless C{--no-udp-gso}).  L{DataChannels} opens sinks
 with a reactor; the session only sees L{IPacketSink}.
 """
 
@@ -317,8 +317,8 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
         """Datagrams refused, by the reason the kernel gave (each reason logged once)."""
         self.segmenting = segmenting
         """
-        Whether to send with UDP GSO (C{--udp-gso}); off for good once the
-        kernel refuses it.
+        Whether to send with UDP GSO (unless C{--no-udp-gso}); off for good
+        once the kernel refuses it.
         """
         self._segments_up_to = 1 << 16
         """The largest datagram the path has not refused to segment."""
@@ -567,7 +567,7 @@ class DataChannels:
         udp_mtu: int = 0,
         udp_sndbuf: Optional[int] = DEFAULT_UDP_SNDBUF,
         tcp_udpstr: bool = False,
-        udp_gso: bool = False,
+        udp_gso: bool = True,
     ) -> None:
         self._reactor = reactor
         self.accept_timeout = accept_timeout

@@ -91,15 +91,17 @@ class _BurstTestBase(TestCase):
 
 class UdpStrBurstTests(_BurstTestBase):
     def test_burst_arrives_whole(self) -> None:
-        """At the defaults: an 8 MiB send buffer, one sendmmsg per batch."""
+        """At the defaults: an 8 MiB send buffer, UDP GSO (the kernel cuts the datagrams)."""
         self.start_daemon()
         self.burst_arrives_whole()
-
-    def test_burst_arrives_whole_with_gso(self) -> None:
-        """With --udp-gso the kernel cuts the datagrams: the collector gets the same ones."""
-        self.start_daemon("--udp-gso")
-        self.burst_arrives_whole()
+        self.assertIn("UDP GSO where the kernel has it", self.daemon.log())
         self.assertNotIn("will not segment", self.daemon.log())
+
+    def test_burst_arrives_whole_without_gso(self) -> None:
+        """With --no-udp-gso: one sendmmsg per batch, each datagram on its own."""
+        self.start_daemon("--no-udp-gso")
+        self.burst_arrives_whole()
+        self.assertIn("no UDP GSO", self.daemon.log())
 
     def burst_arrives_whole(self) -> None:
         target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the burst, never read

@@ -58,19 +58,11 @@ class PassiveDaemonMixin:
 class UdpGsoCaptureTests(PassiveDaemonMixin, SynchronousTestCase):
     """
     libpcap's client over a classic UDP data channel from a daemon that
-    sends with UDP GSO (C{--udp-gso}): a burst of equal-sized packets (one
+    sends with UDP GSO (the default): a burst of equal-sized packets (one
     segmented send per run) arrives whole, in order, byte for byte.
     """
 
     skip = SKIP
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.daemon.stop()
-        self.daemon = Daemon(
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--null-auth", "--udp-gso", wait_port=self.port
-        )  # fmt: skip
-        self.addCleanup(self.daemon.stop)
 
     def test_a_burst_of_equal_packets_arrives_whole_and_in_order(self) -> None:
         cap = self.capture("--filter", f"udp dst port {self.traffic.port}", "--udp", "--max-seconds", "8")
@@ -87,6 +79,7 @@ class UdpGsoCaptureTests(PassiveDaemonMixin, SynchronousTestCase):
         )
         self.assertEqual({len(f) for f in frames}, {14 + 20 + 8 + 400})
         self.assertNotIn("will not segment", self.daemon.log())
+        self.assertIn("UDP GSO where the kernel has it", self.daemon.log())
 
 
 class FindAllDevsTests(PassiveDaemonMixin, SynchronousTestCase):

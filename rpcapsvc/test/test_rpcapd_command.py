@@ -95,6 +95,7 @@ class TranslateTests(SynchronousTestCase):
         self.assertEqual(option_values(args, "--listen"), ["tcp:2002"])
         self.assertEqual(option_values(args, "--auth"), ["unix"])
         self.assertIn("--null-auth", args)
+        self.assertIn("--no-udp-gso", args)  # each datagram sent on its own, as the fork sends them
 
     def test_summary(self) -> None:
         """The framing and buffer sizes in force are logged in one line at start."""

@@ -209,6 +209,12 @@ class MakeServiceTests(OptionsTestBase):
         self.assertEqual(service.collectors, {})
         self.assertTrue(service.reload_on_sighup)
 
+    def test_udp_gso_by_default_and_off_when_asked(self) -> None:
+        self.assertTrue(self.make("-n").data_channels.udp_gso)
+        self.assertTrue(self.make("-n", "--udp-gso").data_channels.udp_gso)
+        self.assertFalse(self.make("-n", "--no-udp-gso").data_channels.udp_gso)
+        self.assertIn("choose one", self.refused("-n", "--udp-gso", "--no-udp-gso"))
+
     def test_password_checkers(self) -> None:
         service = self.make("--auth", "memory:alice:secret")
         self.assertFalse(service.policy.null_auth)
