@@ -10,7 +10,7 @@
  * daemons' do in benchmarks/forwarding.py.
  *
  *   floor tcp send|sendmsg|copy64k|idle SIZE RATE SECONDS [BURST]
- *   floor udp send|sendmmsg|idle SIZE RATE SECONDS [BURST]
+ *   floor udp send|sendmmsg|gso|idle SIZE RATE SECONDS [BURST]
  *
  * What goes on the wire for each packet (docs/protocol.md): the 8-byte RPCAP
  * header (version 0, type 7, plen = 20 + SIZE), the 20-byte rpcap_pkthdr
@@ -31,11 +31,16 @@
  *                 datagram (libpcap's rpcapd over UDP)
  *   udp sendmmsg  one sendmmsg() per 256 datagrams, two iovecs each:
  *                 rpcapsvc's fastsend.send_datagrams
+ *   udp gso       the same datagrams, but each run of up to 64 of them (and
+ *                 at most 65000 bytes) is ONE message of the sendmmsg() of
+ *                 256, two iovecs a datagram and a UDP_SEGMENT cmsg (the
+ *                 datagram's size), so the kernel cuts the datagrams: what
+ *                 rpcapsvc sends by default (fastsend.send_datagrams_segmented)
  *   idle          the pacing alone, nothing sent: what the sleeps cost
  *
  * Pacing: packets are sent in bursts, each burst when its last packet is due
  * (absolute CLOCK_MONOTONIC deadlines, clock_nanosleep in between): a burst
- * is one batch for sendmsg/sendmmsg, BURST packets otherwise (default
+ * is one batch for sendmsg/sendmmsg/gso, BURST packets otherwise (default
  * RATE/1000: 1 ms).  BURST matters for TCP send: with Nagle (on, as in both
  * daemons) packets sent back to back leave in fewer segments than packets
  * spaced out, so the JSON has the TCP segments sent (TCP_INFO).  The timer
@@ -45,12 +50,14 @@
  *
  * The receiver is a child process (fork) draining as fast as it can: TCP
  * reads 1 MiB at a time until end of stream; UDP uses recvmmsg with an
- * 8 MiB SO_RCVBUF(FORCE) and counts datagrams, so loss is visible.
+ * 8 MiB SO_RCVBUF(FORCE) and counts datagrams, so loss is visible (UDP GSO
+ * sends arrive already cut: one datagram each, as without GSO).
  *
  * Output: one JSON line on stdout.  CPU is the sender thread's run time from
  * /proc/thread-self/schedstat (what forwarding.py reads for the daemons) and
  * user/system time from getrusage(RUSAGE_SELF), both over the sending loop
- * only; the receiver's run time is reported apart.  Errors: a line on stderr
+ * only; the receiver's run time is reported apart; gso_sends counts the
+ * messages gso handed the kernel (0 for the other methods).  Errors: a line on stderr
  * and exit status 2 (usage: 64).
  */
 #define _GNU_SOURCE
@@ -58,6 +65,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <linux/tcp.h>
 #include <poll.h>
 #include <signal.h>
@@ -83,6 +91,15 @@
 #define UDP_RCVBUF (8 << 20)
 #define RECV_CHUNK (1 << 20)
 #define MAX_SIZE 65535
+#define GSO_MAX_SEGMENTS 64     /* fastsend.GSO_MAX_SEGMENTS */
+#define GSO_MAX_PAYLOAD 65000   /* fastsend.GSO_MAX_PAYLOAD: bytes a send */
+#define GSO_CONTROL CMSG_SPACE(sizeof(uint16_t))
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103         /* Linux >= 4.18 */
+#endif
 
 static void die(const char *what)
 {
@@ -217,10 +234,15 @@ struct sender {
 	/* copy64k */
 	unsigned char *buffer;
 	size_t used;
-	/* sendmsg/sendmmsg */
+	/* sendmsg/sendmmsg/gso */
 	unsigned char *headers;
 	struct iovec *iov;
 	struct mmsghdr *msgs;
+	/* gso: datagrams a send, a cmsg and the datagram count of each message */
+	unsigned gso_segments;
+	unsigned char *control;
+	unsigned *segments;
+	unsigned long long gso_sends;
 };
 
 static void fill_header(unsigned char *h, size_t size, unsigned long long npkt)
@@ -372,6 +394,50 @@ static void burst_sendmmsg(struct sender *s, unsigned count)
 	}
 }
 
+/* Runs of gso_segments datagrams, each run one message of the sendmmsg with
+ * a UDP_SEGMENT cmsg: the kernel cuts it into the datagrams.  A run of one
+ * goes without the cmsg, as in fastsend.send_datagrams_segmented. */
+static void burst_gso(struct sender *s, unsigned count)
+{
+	uint16_t segment = (uint16_t)(MESSAGE_HEADER + s->size);
+	unsigned messages = 0;
+	lay_out(s, count);
+	for (unsigned start = 0; start < count; start += s->gso_segments, messages++) {
+		unsigned n = count - start < s->gso_segments ? count - start : s->gso_segments;
+		struct msghdr *mh = &s->msgs[messages].msg_hdr;
+		memset(&s->msgs[messages], 0, sizeof s->msgs[messages]);
+		mh->msg_iov = &s->iov[2 * start];
+		mh->msg_iovlen = 2 * n;
+		s->segments[messages] = n;
+		if (n > 1) {
+			mh->msg_control = s->control + (size_t)messages * GSO_CONTROL;
+			mh->msg_controllen = GSO_CONTROL;
+			struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+			cm->cmsg_level = SOL_UDP;
+			cm->cmsg_type = UDP_SEGMENT;
+			cm->cmsg_len = CMSG_LEN(sizeof segment);
+			memcpy(CMSG_DATA(cm), &segment, sizeof segment);
+		}
+	}
+	s->gso_sends += messages;
+	unsigned done = 0;
+	while (done < messages) {
+		int n = sendmmsg(s->fd, s->msgs + done, messages - done, MSG_NOSIGNAL);
+		s->calls++;
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == ECONNREFUSED || errno == ENOBUFS) {
+				s->refused += s->segments[done]; /* every datagram of the run */
+				done++;
+				continue;
+			}
+			die("sendmmsg with UDP_SEGMENT (UDP GSO needs Linux >= 4.18)");
+		}
+		done += (unsigned)n;
+	}
+}
+
 /* TCP segments the sender's socket has sent so far (0 for UDP). */
 static unsigned long long tcp_segments_out(struct sender *s)
 {
@@ -389,7 +455,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 	    "usage: floor tcp send|sendmsg|copy64k|idle SIZE RATE SECONDS [BURST]\n"
-	    "       floor udp send|sendmmsg|idle SIZE RATE SECONDS [BURST]\n");
+	    "       floor udp send|sendmmsg|gso|idle SIZE RATE SECONDS [BURST]\n");
 	exit(64);
 }
 
@@ -419,6 +485,8 @@ int main(int argc, char **argv)
 		burst = burst_send;
 	else if (udp && strcmp(method, "sendmmsg") == 0)
 		burst = burst_sendmmsg, batch = UDP_BATCH;
+	else if (udp && strcmp(method, "gso") == 0)
+		burst = burst_gso, batch = UDP_BATCH;
 	else if (strcmp(method, "idle") == 0)
 		burst = burst_idle;
 	else
@@ -492,7 +560,15 @@ int main(int argc, char **argv)
 	s.headers = malloc((size_t)TCP_BATCH * MESSAGE_HEADER);
 	s.iov = calloc(2 * TCP_BATCH, sizeof *s.iov);
 	s.msgs = calloc(UDP_BATCH, sizeof *s.msgs);
-	if (!s.ring || !s.buffer || !s.headers || !s.iov || !s.msgs)
+	/* fastsend.gso_groups: up to 64 datagrams a send, 65000 bytes at most. */
+	s.gso_segments = GSO_MAX_PAYLOAD / (MESSAGE_HEADER + s.size);
+	if (s.gso_segments > GSO_MAX_SEGMENTS)
+		s.gso_segments = GSO_MAX_SEGMENTS;
+	if (s.gso_segments < 1)
+		s.gso_segments = 1;
+	s.control = calloc(UDP_BATCH, GSO_CONTROL);
+	s.segments = calloc(UDP_BATCH, sizeof *s.segments);
+	if (!s.ring || !s.buffer || !s.headers || !s.iov || !s.msgs || !s.control || !s.segments)
 		die("malloc");
 	for (size_t i = 0; i < RING_PACKETS * s.size; i++)
 		s.ring[i] = (unsigned char)(i * 131 + 7);
@@ -553,10 +629,11 @@ int main(int argc, char **argv)
 	printf("{\"proto\":\"%s\",\"method\":\"%s\",\"size\":%ld,\"message_bytes\":%llu,"
 	    "\"rate\":%.0f,\"seconds\":%.6f,\"sent\":%llu,\"calls\":%llu,\"bursts\":%llu,"
 	    "\"burst\":%u,\"late_bursts\":%llu,\"refused\":%llu,\"tcp_segments\":%llu,"
+	    "\"gso_sends\":%llu,"
 	    "\"sender_runtime_s\":%.6f,\"sender_user_s\":%.6f,\"sender_sys_s\":%.6f,"
 	    "\"received\":%llu,\"received_bytes\":%llu,\"receiver_runtime_s\":%.6f}\n",
 	    proto, method, size, message, rate, elapsed, s.npkt, s.calls, bursts,
-	    batch ? batch : per_burst, late, s.refused, segments, (run1 - run0) / 1e9, user, sys, received, r.bytes,
-	    r.runtime_ns / 1e9);
+	    batch ? batch : per_burst, late, s.refused, segments, s.gso_sends, (run1 - run0) / 1e9, user, sys,
+	    received, r.bytes, r.runtime_ns / 1e9);
 	return 0;
 }

@@ -20,7 +20,12 @@ Methods (see floor.c for the details):
   when it is full;
 - ``udp send``: one ``send`` per datagram (libpcap's rpcapd over UDP);
 - ``udp sendmmsg``: one ``sendmmsg`` per 256 datagrams, as rpcapsvc's
-  ``fastsend.send_datagrams``.
+  ``fastsend.send_datagrams`` (rpcapsvc without UDP GSO);
+- ``udp gso``: as rpcapsvc by default since UDP GSO
+  (``fastsend.send_datagrams_segmented``): one ``sendmmsg`` per 256
+  datagrams, each run of up to 64 of them (65000 bytes at most) one message
+  with a ``UDP_SEGMENT`` cmsg, so the kernel cuts the datagrams; the receiver
+  counts them as they arrive, cut.
 
 The sender sleeps between bursts (a batch, or 1 ms of packets for the
 per-packet methods).  Those sleeps cost CPU too, so each case is also run
@@ -57,15 +62,16 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 SOURCE = BENCH_DIR / "floor.c"
 
-METHODS = ("tcp-send", "tcp-sendmsg", "tcp-copy64k", "udp-send", "udp-sendmmsg")
-BATCHES = {"tcp-sendmsg": 512, "udp-sendmmsg": 256}
+METHODS = ("tcp-send", "tcp-sendmsg", "tcp-copy64k", "udp-send", "udp-sendmmsg", "udp-gso")
+BATCHES = {"tcp-sendmsg": 512, "udp-sendmmsg": 256, "udp-gso": 256}
 """Packets per system call of the batch methods (floor.c's TCP_BATCH, UDP_BATCH)."""
 WHO_DOES_IT = {
     "tcp-send": "libpcap rpcapd",
     "tcp-sendmsg": "rpcapsvc",
     "tcp-copy64k": "nobody (64000-byte buffer)",
     "udp-send": "libpcap rpcapd",
-    "udp-sendmmsg": "rpcapsvc",
+    "udp-sendmmsg": "rpcapsvc without GSO",
+    "udp-gso": "rpcapsvc",
 }
 
 
