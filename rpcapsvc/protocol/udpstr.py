@@ -36,16 +36,17 @@ Pure code, no I/O; see C{docs/protocol.md}.
 from __future__ import annotations
 
 import struct
+from array import array
 from bisect import bisect_left
 from itertools import accumulate, repeat
 from operator import add, attrgetter
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import attrs
 
+from .arrays import LOW_HALF, NATIVE, multiples, plus, widened
 from .bpf import MAXIMUM_SNAPLEN
 from .datachannel import (
-    BATCH_RECORD,
     PKTHDR,
     PKTHDR_SIZE,
     SEQUENCE_WINDOW,
@@ -53,7 +54,6 @@ from .datachannel import (
     PacketBatch,
     PacketSequence,
     PacketStreamParser,
-    encode_packet_records,
 )
 from .wire import PROTOCOL_VERSION, MessageType
 
@@ -94,6 +94,89 @@ def _check_mtu(instance: object, attribute: attrs.Attribute[int], value: int) ->
         raise ValueError(f"udpstr MTU must be between {MIN_MTU} and {MAX_MTU}, not {value}")
 
 
+# --- the framer's batch arithmetic ------------------------------------------------------
+#
+# The framer works on whole batches with C-level operations only: u32 fields
+# moved between arrays by strided memoryview copies, and element-wise sums
+# done as one big-integer sum of u64 "lanes" (each element in its own 64 bits,
+# far from carrying into the next).  Byte runs are cut out by one struct whose
+# format is joined from cached codes.  See pack_batch.
+
+_LANE_BITS = 64
+_LANE_LIMIT = 1 << 33
+"""Above any sum or difference of two u32s: a u64 lane never carries into the next."""
+_HEADER_WORD0 = (PROTOCOL_VERSION << 24) | (MessageType.UDPSTR << 16)
+"""The first 4 bytes of a udpstr header as a u32, firsthdridx 0."""
+
+
+class _FormatCodes(dict[int, bytes]):
+    """
+    C{struct} format codes for runs of bytes, C{b"64s"} for 64 taken (or
+    C{b"64x"} skipped), made on first use: a batch's format is then a join
+    of lookups, no per-packet string formatting.  Cleared when it grows
+    past a few thousand sizes (gaps between packets take any size).
+    """
+
+    def __init__(self, code: bytes) -> None:
+        super().__init__()
+        self.code = code
+
+    def __missing__(self, size: int) -> bytes:
+        if len(self) >= 4096:
+            self.clear()
+        text = self[size] = b"%d%b" % (size, self.code)
+        return text
+
+
+_TAKE = _FormatCodes(b"s")
+_SKIP = _FormatCodes(b"x")
+_splitters: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _splitter(size: int, count: int) -> struct.Struct:
+    """A C{struct} cutting C{count} pieces of C{size} bytes (a few kept for the usual batch sizes)."""
+    splitter = _splitters.get((size, count))
+    if splitter is None:
+        if len(_splitters) >= 16:
+            _splitters.clear()
+        splitter = _splitters[size, count] = struct.Struct(b"%ds" % size * count)
+    return splitter
+
+
+def _lanes(words: array[int]) -> int:
+    """The u64s of C{words} as one big integer, lane I in bits 64 I to 64 I + 63."""
+    return int.from_bytes(words, NATIVE)
+
+
+def _from_lanes(value: int, count: int) -> array[int]:
+    return array("Q", value.to_bytes(8 * count, NATIVE))
+
+
+def _capped(lengths: Any, count: int, snaplen: int) -> array[int]:
+    """
+    C{min(length, snaplen)} for each of the u32s C{lengths} (C{snaplen}
+    from 0 to 2**32 - 1), all at once on u64 lanes of big integers: bit 40 of
+    C{length + 2**40 - snaplen} says whether the length reaches the
+    snaplen, and masks the excess to take off.
+    """
+    ones = _lanes(array("Q", [1]) * count)
+    lengths_value = _lanes(widened(lengths, count))
+    biased = lengths_value + ones * ((1 << 40) - snaplen)
+    reaches = (biased >> 40) & ones
+    excess = (biased & (reaches * ((1 << 41) - 1))) - (reaches << 40)
+    capped = memoryview(_from_lanes(lengths_value - excess, count)).cast("B").cast("I")[LOW_HALF::2]
+    narrow = array("I", bytes(4 * count))
+    memoryview(narrow)[:] = capped
+    return narrow
+
+
+def _counting(first: int, count: int) -> array[int]:
+    """C{count} u32s from C{first} up, wrapping past 2**32 - 1 as the u32 counters do."""
+    if first + count <= _U32 + 1:
+        return plus(multiples("I", 1, count), first)
+    return array("I", range(first, _U32 + 1)) + array("I", range(first + count - _U32 - 1))
+
+
 @attrs.define
 class UdpStrFramer:
     """
@@ -127,65 +210,116 @@ class UdpStrFramer:
         C{snaplen}, and return the datagrams they complete, in order.  What
         does not fill a datagram yet waits for the next batch or L{flush}.
         """
-        if not batch.records:
+        # The per-packet work is all in C: packet headers built in one array by
+        # strided copies, the batch's bytes cut into packets by one struct whose
+        # format is a join of cached codes, one join for the stream, one struct
+        # to cut the stream into datagrams.  Python runs once per datagram.
+        records = memoryview(batch.records).cast("I")  # ts_sec, ts_usec, offset, length: native u32s
+        count = len(records) // 4
+        if not count:
             return []
-        records = encode_packet_records(batch, snaplen, first_npkt)
+        lengths = records[3::4]
+        offsets = records[2::4]
+        caplens: Any = lengths
+        if max(lengths) > snaplen:
+            caplens = _capped(lengths, count, snaplen)
+        words = array("I", bytes(PKTHDR_SIZE * count))
+        fields = memoryview(words)
+        fields[0::5] = records[0::4]
+        fields[1::5] = records[1::4]
+        fields[2::5] = caplens
+        fields[3::5] = lengths
+        fields[4::5] = _counting(first_npkt & _U32, count)
+        if NATIVE == "little":
+            words.byteswap()
         pending = self._pending
         base = len(pending)
-        # Positions in the stream `pending + records`: bounds[i] is where
-        # packet i of the batch starts, bounds[i + 1] where it ends.  Built
-        # from the caplens (native u32s, as "=I" is) by C-level iterators,
-        # so the only per-packet bytecode is encode_packet_records' loop;
-        # the cuts below cost a bisection per datagram.
-        caplens = memoryview(batch.records).cast("I")[BATCH_RECORD.size // 4 - 1 :: BATCH_RECORD.size // 4]
-        sizes = map(add, map(min, caplens, repeat(snaplen)), repeat(PKTHDR_SIZE))
-        bounds = list(accumulate(sizes, initial=base))
-        count = len(bounds) - 1
+        parts: list[Any] = [None] * (2 * count + 1)
+        parts[0] = pending
+        parts[1::2] = _splitter(PKTHDR_SIZE, count).unpack(words)
+        # bounds[i] is where packet i begins in the stream, bounds[count] where the stream ends.
+        parts[2::2], bounds = self._layout(batch.data, offsets, caplens, count, base)
+        stream = b"".join(parts)
+        del parts, words  # before the datagrams are made: a batch's bytes are held once less
         full = self.mtu - _SEND_MARGIN - UDPSTR_HEADER_SIZE  # stream bytes that make a datagram due
         capacity = self.mtu - UDPSTR_HEADER_SIZE
-        view = memoryview(records)
-        pack = UDPSTR_HEADER.pack
-        seqno = self._seqno
-        out = []
-        start = 0  # stream position where the current datagram begins
-        end_index = 1  # bounds[1:] are packet ends
-        first_index = 0  # bounds[:count] are packet starts
+        first_at = base if self._first is None else self._first  # the first packet at or after start
+        start = 0
+        index = 1
+        sizes = []  # of each datagram's share of the stream
+        words0 = []  # of each datagram's header: version, type and firsthdridx
         while True:
             # The datagram goes out at the first packet end that fills it,
-            # cut at the capacity if that packet runs past it.
-            end_index = bisect_left(bounds, start + full, end_index)
-            if end_index > count:
+            # cut at the capacity if that packet runs past it; the next
+            # packet begins at that end either way.
+            index = bisect_left(bounds, start + full, index)
+            if index > count:
                 break
-            cut = bounds[end_index]
-            if cut > start + capacity:
-                cut = start + capacity
-            if start == 0 and self._first is not None:
-                first = UDPSTR_HEADER_SIZE + self._first
-            else:
-                first_index = bisect_left(bounds, start, first_index, count)
-                if first_index < count and bounds[first_index] < cut:
-                    first = UDPSTR_HEADER_SIZE + bounds[first_index] - start
-                else:
-                    first = NO_FIRST_HEADER
-            head = pack(PROTOCOL_VERSION, MessageType.UDPSTR, first, seqno)
-            if start == 0:
-                # Only the first datagram can hold pending bytes: they are
-                # fewer than `full`, and every cut lies past `full`.
-                out.append(b"".join((head, pending, view[: cut - base])))
-            else:
-                out.append(b"".join((head, view[start - base : cut - base])))
-            seqno = (seqno + 1) & _U32
+            end = bounds[index]
+            cut = start + capacity
+            if end < cut:
+                cut = end
+            words0.append(
+                _HEADER_WORD0 + UDPSTR_HEADER_SIZE + first_at - start
+                if first_at < cut
+                else _HEADER_WORD0 + NO_FIRST_HEADER
+            )
+            sizes.append(cut - start)
             start = cut
-        self._seqno = seqno
-        if start == 0:
-            self._pending = pending + records
-            if self._first is None:
-                self._first = base
-        else:
-            self._pending = bytes(view[start - base :])
-            first_index = bisect_left(bounds, start, first_index, count)
-            self._first = bounds[first_index] - start if first_index < count else None
-        return out
+            first_at = end
+        self._pending = stream[start:]
+        self._first = first_at - start if first_at < bounds[count] else None
+        made = len(sizes)
+        if not made:
+            return []
+        seqno = self._seqno
+        self._seqno = (seqno + made) & _U32
+        heads = array("I", bytes(UDPSTR_HEADER_SIZE * made))
+        halves = memoryview(heads)
+        halves[0::2] = array("I", words0)
+        halves[1::2] = _counting(seqno, made)
+        if NATIVE == "little":
+            heads.byteswap()
+        slices = struct.Struct(b"".join(map(_TAKE.__getitem__, sizes))).unpack_from(stream)
+        del stream
+        return list(map(add, _splitter(UDPSTR_HEADER_SIZE, made).unpack(heads), slices))
+
+    @staticmethod
+    def _layout(
+        data: bytes, offsets: Any, caplens: Any, count: int, base: int
+    ) -> tuple[Sequence[bytes | memoryview], list[int]]:
+        """
+        The captured bytes of each packet, C{data[offset:offset + caplen]},
+        and where each packet begins in the stream once its header is put
+        before it and C{base} bytes before them all (the last bound is
+        where the last packet ends).  One struct cuts them when the packets
+        lie in C{data} in order: back to back, or with gaps as a snaplen or
+        sampling leaves them.
+        """
+        wide_offsets = widened(offsets, count)
+        ends = _lanes(wide_offsets) + _lanes(widened(caplens, count))
+        # Gap I lies between the end of packet I and the start of packet I + 1;
+        # a lane that went negative borrows from the next, which shows as a huge lane.
+        gaps_value = _lanes(wide_offsets[1:]) - (ends & ((1 << (_LANE_BITS * (count - 1))) - 1))
+        if gaps_value == 0:
+            codes = b"".join(map(_TAKE.__getitem__, caplens))
+            # Back to back: packet I begins at base + 20 I + (offset I - offset 0).
+            starts = _lanes(wide_offsets) + _lanes(multiples("Q", PKTHDR_SIZE, count))
+            shift = base - offsets[0]
+            pattern = _lanes(array("Q", [abs(shift)]) * count)
+            starts = starts + pattern if shift >= 0 else starts - pattern
+            bounds = _from_lanes(starts, count).tolist()
+            bounds += [bounds[-1] + PKTHDR_SIZE + caplens[count - 1]]
+            return struct.Struct(codes).unpack_from(data, offsets[0]), bounds
+        bounds = list(accumulate(map(add, caplens, repeat(PKTHDR_SIZE)), initial=base))
+        if gaps_value > 0 and max(gaps := _from_lanes(gaps_value, count - 1)) < _LANE_LIMIT:
+            parts: list[bytes] = [b""] * (2 * count - 1)
+            parts[0::2] = map(_TAKE.__getitem__, caplens)
+            parts[1::2] = map(_SKIP.__getitem__, gaps)
+            return struct.Struct(b"".join(parts)).unpack_from(data, offsets[0]), bounds
+        # Out of order or overlapping: a slice each.
+        view = memoryview(data)
+        return list(map(view.__getitem__, map(slice, offsets, map(add, offsets, caplens)))), bounds
 
     def flush(self) -> Optional[bytes]:
         """

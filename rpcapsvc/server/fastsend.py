@@ -37,8 +37,9 @@ import sys
 from array import array
 from bisect import bisect_right
 from itertools import accumulate, repeat
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from ..protocol.arrays import LOW_HALF, contiguous, multiples, plus, widened
 from ..protocol.datachannel import PacketBatch
 
 MESSAGE_HEADER_SIZE = 28
@@ -145,48 +146,6 @@ class PacketVectors:
         return b"".join(parts)
 
 
-_BYTE_ORDER: Literal["little", "big"] = "little" if _LITTLE_ENDIAN else "big"
-_LOW_HALF = 0 if _LITTLE_ENDIAN else 1
-"""Which u32 of a native u64 holds its low bits."""
-
-
-def _plus(words: array[int], constant: int) -> array[int]:
-    """
-    Every element of C{words} plus C{constant}, none of which may overflow:
-    one big-integer addition instead of a Python-level loop (about 4 times
-    faster than C{map(add, ...)} for a batch).
-    """
-    size = len(words) * words.itemsize
-    pattern = array(words.typecode, [constant]) * len(words)
-    total = int.from_bytes(words, _BYTE_ORDER) + int.from_bytes(pattern, _BYTE_ORDER)
-    return array(words.typecode, total.to_bytes(size, _BYTE_ORDER))
-
-
-def _widened(narrow: Any, count: int) -> array[int]:
-    """The u32s of C{narrow} (a buffer of C{count}) as u64s, by a strided copy."""
-    wide = array("Q", bytes(8 * count))
-    memoryview(wide).cast("B").cast("I")[_LOW_HALF::2] = narrow
-    return wide
-
-
-def _contiguous(narrow: Any, count: int) -> array[int]:
-    """The u32s of C{narrow} (a strided buffer of C{count}) in an array of their own."""
-    copy = array("I", bytes(4 * count))
-    memoryview(copy)[:] = narrow
-    return copy
-
-
-_steps: dict[tuple[str, int], array[int]] = {}
-
-
-def _multiples(typecode: str, step: int, count: int) -> array[int]:
-    """0, step, 2 step, ... (C{count} of them), from a cache."""
-    cached = _steps.get((typecode, step))
-    if cached is None or len(cached) < count:
-        cached = _steps[typecode, step] = array(typecode, range(0, step * max(count, 1024), step))
-    return cached[:count]
-
-
 def packet_vectors(batch: PacketBatch, snaplen: int, first_npkt: int) -> PacketVectors:
     """
     Lay out C{batch}'s type-7 messages, packets numbered from C{first_npkt}
@@ -210,21 +169,21 @@ def packet_vectors(batch: PacketBatch, snaplen: int, first_npkt: int) -> PacketV
     view[4::7] = caplens
     view[5::7] = lengths
     # plen: the caplen plus the 20-byte rpcap_pkthdr
-    view[1::7] = _plus(_contiguous(caplens, count), MESSAGE_HEADER_SIZE - 8)
+    view[1::7] = plus(contiguous(caplens, count), MESSAGE_HEADER_SIZE - 8)
     first = first_npkt & _U32
     if first + count <= _U32 + 1:
-        view[6::7] = _plus(_multiples("I", 1, count), first)
+        view[6::7] = plus(multiples("I", 1, count), first)
     else:  # the u32 counter wraps in this batch, as libpcap's does
         view[6::7] = array("I", [(first + i) & _U32 for i in range(count)])
     if _LITTLE_ENDIAN:
         words.byteswap()  # to network byte order
     iov = array("Q", bytes(8 * 2 * _IOVEC_WORDS * count))
     vectors = memoryview(iov)
-    vectors[0::4] = _plus(_multiples("Q", MESSAGE_HEADER_SIZE, count), words.buffer_info()[0])
-    vectors[2::4] = _plus(_widened(records[2::4], count), address_of(data))
+    vectors[0::4] = plus(multiples("Q", MESSAGE_HEADER_SIZE, count), words.buffer_info()[0])
+    vectors[2::4] = plus(widened(records[2::4], count), address_of(data))
     halves = vectors.cast("B").cast("I")
-    halves[2 + _LOW_HALF :: 8] = array("I", [MESSAGE_HEADER_SIZE]) * count
-    halves[6 + _LOW_HALF :: 8] = caplens
+    halves[2 + LOW_HALF :: 8] = array("I", [MESSAGE_HEADER_SIZE]) * count
+    halves[6 + LOW_HALF :: 8] = caplens
     total = MESSAGE_HEADER_SIZE * count + sum(caplens)
     return PacketVectors(count, total, words, data, iov)
 

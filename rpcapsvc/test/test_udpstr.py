@@ -15,9 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from rpcapsvc.protocol.datachannel import PKTHDR, CapturedPacket, PacketBatch, encode_packet_records
+from rpcapsvc.protocol.datachannel import (
+    BATCH_RECORD,
+    PKTHDR,
+    CapturedPacket,
+    PacketBatch,
+    encode_packet_records,
+)
 from rpcapsvc.protocol.udpstr import (
     MAX_CAPLEN,
+    MAX_MTU,
+    MIN_MTU,
     UdpStrDecoder,
     UdpStrFramer,
     is_udpstr_datagram,
@@ -682,3 +690,222 @@ class FramingPropertyTests(SynchronousTestCase):
         self.assertEqual((decoder.stale_datagrams, decoder.malformed), (0, 0))
         # What the sender counts as dropped when the kernel refuses that datagram.
         self.assertEqual(packets_touched(datagrams[dropped]), len(lost))
+
+
+def scattered_batch(rng: random.Random, packets: list[Packet], shuffle: bool) -> PacketBatch:
+    """
+    A batch of C{packets} whose bytes lie in C{data} with gaps between them
+    (as sampling leaves them) and, if C{shuffle}, in another order than
+    the records'.
+    """
+    order = list(range(len(packets)))
+    if shuffle:
+        rng.shuffle(order)
+    data = bytearray()
+    places = [0] * len(packets)
+    for index in order:
+        data += rng.randbytes(rng.choice((0, 0, 1, 7, 100)))
+        places[index] = len(data)
+        data += packets[index][2]
+    data += rng.randbytes(rng.choice((0, 3)))
+    records = [BATCH_RECORD.pack(sec, usec, at, len(p)) for (sec, usec, p), at in zip(packets, places)]
+    return PacketBatch(bytes(data), b"".join(records))
+
+
+Step = tuple[str, PacketBatch, int, int]
+"""C{("batch", batch, snaplen, first_npkt)}, or C{("flush", ...)} with the rest unused."""
+
+
+def reference_framer(steps: list[Step], mtu: int, seqno: int) -> list[list[bytes]]:
+    """
+    What each step gives, one packet at a time as C{daemon_udpstr_write}
+    does it (see L{fork_model}), reading the batch records directly: the
+    datagrams a batch completes, or the flushed datagram (or none).
+    """
+    results: list[list[bytes]] = []
+    buf = bytearray(8)
+    firsthdr: Optional[int] = None
+
+    def datagram(length: int) -> bytes:
+        first = 0xFFFF if firsthdr is None else firsthdr
+        return struct.pack("!BBHI", 0, 110, first, seqno) + bytes(buf[8:length])
+
+    for kind, batch, snaplen, first_npkt in steps:
+        out = []
+        if kind == "flush":
+            if len(buf) > 8:
+                out.append(datagram(len(buf)))
+                seqno = (seqno + 1) & 0xFFFFFFFF
+                firsthdr = None
+                buf = bytearray(8)
+            results.append(out)
+            continue
+        npkt = first_npkt
+        for sec, usec, offset, length in BATCH_RECORD.iter_unpack(batch.records):
+            if firsthdr is None:
+                firsthdr = len(buf)
+            caplen = min(length, snaplen)
+            buf += PKTHDR.pack(sec, usec, caplen, length, npkt & 0xFFFFFFFF)
+            buf += batch.data[offset : offset + caplen]
+            npkt += 1
+            while len(buf) >= mtu - 28:
+                length = min(len(buf), mtu)
+                out.append(datagram(length))
+                seqno = (seqno + 1) & 0xFFFFFFFF
+                firsthdr = None
+                buf = bytearray(8) + buf[length:]
+        results.append(out)
+    return results
+
+
+@st.composite
+def framer_runs(draw: st.DrawFn) -> tuple[list[Step], int, int]:
+    """
+    Batches of packets of 0 to 1600 bytes (contiguous, or scattered in
+    their buffer), each with its own snaplen in [1, 65535] (just below or
+    at its longest packet too) and first
+    packet number (near the u32 wrap too), flushes between some, an MTU
+    in [100, 9000] (or at the limits) and a first seqno (near its wrap too).
+    """
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    mtu = draw(st.integers(100, 9000) | st.sampled_from([MIN_MTU, 100, 1472, 9000, MAX_MTU]))
+    seqno = draw(st.just(0) | st.integers(0xFFFFFFFF - 3, 0xFFFFFFFF) | st.integers(0, 0xFFFFFFFF))
+    big = draw(st.booleans())
+    steps: list[Step] = []
+    for _ in range(draw(st.integers(1, 6))):
+        if draw(st.integers(0, 4)) == 0:
+            steps.append(("flush", PacketBatch(b"", b""), 0, 0))
+            continue
+        count = draw(st.integers(0, 300 if big else 40))
+        packets = [
+            (
+                rng.getrandbits(32),
+                rng.getrandbits(32),
+                rng.randbytes(rng.choice((rng.randrange(1601), 64, 1000))),
+            )
+            for _ in range(count)
+        ]
+        layout = draw(st.sampled_from(["contiguous", "gaps", "shuffled"]))
+        if layout == "contiguous":
+            batch = PacketBatch.from_packets(packets)
+        else:
+            batch = scattered_batch(rng, packets, layout == "shuffled")
+        longest = max((len(p) for _, _, p in packets), default=0)
+        snaplen = draw(
+            st.integers(1, 65535)
+            | st.sampled_from([1, 64, 65535, max(1, longest - 1), max(1, longest)])
+            | st.integers(1, 1600)
+        )
+        first_npkt = draw(st.integers(0, 0xFFFFFFFF) | st.integers(0xFFFFFFFF - 700, 0xFFFFFFFF) | st.just(1))
+        steps.append(("batch", batch, snaplen, first_npkt))
+    return steps, mtu, seqno
+
+
+class FramerReferenceTests(SynchronousTestCase):
+    """L{UdpStrFramer} against a packet-at-a-time reference, call by call."""
+
+    @given(framer_runs())
+    def test_sameBytes(self, run: tuple[list[Step], int, int]) -> None:
+        """
+        Every call returns the reference's datagrams, byte for byte and no
+        more or fewer, whatever the snaplen, packet numbers, seqno, buffer
+        layout and batch boundaries; C{pending} and C{next_seqno} follow.
+        """
+        steps, mtu, seqno = run
+        framer = UdpStrFramer(mtu)
+        framer._seqno = seqno
+        expected = reference_framer(steps + [("flush", PacketBatch(b"", b""), 0, 0)], mtu, seqno)
+        for (kind, batch, snaplen, first_npkt), want in zip(steps, expected):
+            if kind == "flush":
+                last = framer.flush()
+                self.assertEqual([] if last is None else [last], want)
+            else:
+                self.assertEqual(framer.pack_batch(batch, snaplen, first_npkt), want)
+            seqno = (seqno + len(want)) & 0xFFFFFFFF
+            self.assertEqual(framer.next_seqno, seqno)
+        last = framer.flush()
+        self.assertEqual([] if last is None else [last], expected[-1])
+        self.assertEqual(framer.pending, 0)
+
+    @given(framer_runs())
+    def test_decoderGetsEveryPacket(self, run: tuple[list[Step], int, int]) -> None:
+        """The decoder reads back every packet of every batch, cut to its snaplen and numbered."""
+        steps, mtu, seqno = run
+        framer = UdpStrFramer(mtu)
+        datagrams: list[bytes] = []
+        sent: list[CapturedPacket] = []
+        for kind, batch, snaplen, first_npkt in steps:
+            if kind == "flush":
+                last = framer.flush()
+                datagrams += [] if last is None else [last]
+                continue
+            datagrams += framer.pack_batch(batch, snaplen, first_npkt)
+            for n, (sec, usec, offset, length) in enumerate(BATCH_RECORD.iter_unpack(batch.records)):
+                caplen = min(length, snaplen)
+                data = batch.data[offset : offset + caplen]
+                sent.append(CapturedPacket(sec, usec, caplen, length, (first_npkt + n) & 0xFFFFFFFF, data))
+        last = framer.flush()
+        datagrams += [] if last is None else [last]
+        decoder, packets = decode(datagrams)
+        self.assertEqual(packets, sent)
+        self.assertEqual((decoder.lost_datagrams, decoder.stale_datagrams, decoder.malformed), (0, 0, 0))
+
+    def test_pendingKeepsFirstHeader(self) -> None:
+        """
+        A batch that leaves a packet's start waiting, then one that fills
+        the datagram: firsthdridx points at the first batch's packet.
+        """
+        framer = UdpStrFramer(100)
+        self.assertEqual(framer.pack_batch(PacketBatch.from_packets(numbered(10)), 65535, 1), [])
+        datagrams = framer.pack_batch(PacketBatch.from_packets(numbered(0, 100)), 65535, 2)
+        self.assertEqual(datagrams[0][:8], h("00 6e 0008 00000000"))
+        self.assertEqual(datagrams[0][8:28], pkthdr(1, 10))
+        self.assertEqual(len(datagrams[0]), 100)
+
+    def test_snaplenOneBelowLongest(self) -> None:
+        """Only the packet one byte longer than the snaplen is cut; its header keeps the wire length."""
+        framer = UdpStrFramer(1472)
+        framer.pack_batch(PacketBatch.from_packets(numbered(10, 11)), 10, 1)
+        self.assertEqual(
+            framer.flush(),
+            h("00 6e 0008 00000000")
+            + pkthdr(1, 10)
+            + b"\x01" * 10
+            # packet 2: caplen 10 of 11 bytes
+            + h("00000002 00000000 0000000a 0000000b 00000002")
+            + b"\x02" * 10,
+        )
+
+    def test_npktWrapsInBatch(self) -> None:
+        """Packet numbers are u32s: a batch numbered from 2**32 - 1 goes on with 0 and 1."""
+        framer = UdpStrFramer(1472)
+        framer.pack_batch(PacketBatch.from_packets(numbered(0, 0, 0)), 65535, 0xFFFFFFFF)
+        datagram = framer.flush()
+        assert datagram is not None
+        self.assertEqual(
+            [datagram[8 + 20 * i + 16 : 8 + 20 * i + 20] for i in range(3)],
+            [h("ffffffff"), h("00000000"), h("00000001")],
+        )
+
+    def test_packetsOutOfOrderInBuffer(self) -> None:
+        """
+        Packets whose bytes lie in the batch's buffer in another order than
+        their records (and with gaps) are framed in record order.
+        """
+        data = b"..BBBB.AAA"
+        records = b"".join(
+            [
+                BATCH_RECORD.pack(1, 0, 7, 3),  # AAA
+                BATCH_RECORD.pack(2, 0, 2, 4),  # BBBB
+            ]
+        )
+        framer = UdpStrFramer(1472)
+        framer.pack_batch(PacketBatch(data, records), 65535, 1)
+        self.assertEqual(
+            framer.flush(),
+            h("00 6e 0008 00000000")
+            + h("00000001 00000000 00000003 00000003 00000001")
+            + b"AAA"
+            + h("00000002 00000000 00000004 00000004 00000002")
+            + b"BBBB",
+        )
