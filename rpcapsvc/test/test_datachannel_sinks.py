@@ -590,6 +590,23 @@ class PacketVectorsTests(SynchronousTestCase):
             self.assertEqual(vectors.tail(skip), stream[skip:], skip)
 
 
+class AddressTests(SynchronousTestCase):
+    """Where buffers' bytes lie, for the iovecs: the fast way agrees with ctypes."""
+
+    def test_many_at_once_as_ctypes_finds_each(self) -> None:
+        buffers = [os.urandom(n) for n in (0, 1, 2, 100, 1472, 70000)] + [b"", b"x", bytes(5)]
+        self.assertEqual(list(fastsend.addresses_of(buffers)), [fastsend.address_of(b) for b in buffers])
+        for buffer in buffers:
+            self.assertEqual(ctypes.string_at(fastsend.addresses_of([buffer])[0], len(buffer)), buffer)
+
+    def test_anything_but_bytes_itself_the_ctypes_way(self) -> None:
+        class Sub(bytes):
+            pass
+
+        buffers = [Sub(b"abc"), b"def"]
+        self.assertEqual(list(fastsend.addresses_of(buffers)), [fastsend.address_of(b) for b in buffers])
+
+
 class FakeLibc:
     """
     C{sendmsg}/C{sendmmsg} answering from a script, one entry per call:
