@@ -149,8 +149,8 @@ class PacketVectors:
         headers: array[int],
         data: bytes,
         iov: array[int],
-        offsets: Any = None,
-        caplens: Any = None,
+        offsets: Any,
+        caplens: Any,
     ) -> None:
         self.count = count
         self.total = total
