@@ -424,9 +424,16 @@ def send_segmented(
         if end - start > 1 and error.errno in GSO_REFUSED:
             unsegmented.append(number)
             return True
-        for index in range(start, end):
-            refused.append(index)
-            on_refused(index, error)
+        # As in send_datagrams_segmented: one datagram refused, the rest tried.
+        refused.append(start)
+        on_refused(start, error)
+        if end - start > 1:
+
+            def shifted(index: int, error: OSError, at: int = start + 1) -> bool:
+                refused.append(at + index)
+                return on_refused(at + index, error)
+
+            send_buffers(fd, datagrams[start + 1 : end], shifted)
         return True
 
     _send_messages(fd, mmsg, len(groups), group_refused)
@@ -501,9 +508,13 @@ def send_datagrams_segmented(
                 still[0] = min(still[0], sizes[start] - 1)
             each_alone(start, end)
             return True
-        for index in range(start, end):
-            refused.append(index)
-            on_refused(index, error)
+        # Anything else (a full buffer, an ICMP error the socket held) is
+        # what one send meets: the first datagram is refused, as it would be
+        # sent alone, and the others are tried as the next sends would be.
+        refused.append(start)
+        on_refused(start, error)
+        if end - start > 1:
+            each_alone(start + 1, end)
         return True
 
     _send_messages(fd, mmsg, len(plan), plan_refused)

@@ -857,14 +857,28 @@ class SegmentedDatagramCallTests(SynchronousTestCase):
         refused, largest = fastsend.send_datagrams_segmented(5, self.vectors(*[100] * 20), 1 << 16, None)  # type: ignore[arg-type]
         self.assertEqual((refused, largest, libc.offered), ([], None, [1, 20]))
 
-    def test_other_errors_refuse_the_run(self) -> None:
-        libc = FakeLibc(OSError(errno.ENOBUFS, "full"), None)
+    def test_other_errors_refuse_one_datagram_as_a_send_of_it_would(self) -> None:
+        """
+        A full buffer or an ICMP error the socket held fails the run's send:
+        its first datagram is refused (as when sent alone), the others are
+        tried each on its own, then the next run goes.
+        """
+        libc = FakeLibc(OSError(errno.EHOSTUNREACH, "prohibited"), None, None)
         self.patch(fastsend, "_libc", libc)
         seen: list[int] = []
-        refused, _ = fastsend.send_datagrams_segmented(
+        refused, largest = fastsend.send_datagrams_segmented(
             5, self.vectors(*[100] * 10, *[60] * 10), 1 << 16, lambda i, e: seen.append(i) or True
         )
-        self.assertEqual((refused, seen), (list(range(11)), list(range(11))))
+        self.assertEqual((refused, seen, largest), ([0], [0], 1 << 16))
+        self.assertEqual(libc.offered, [2, 10, 1])
+
+    def test_udpstr_runs_likewise(self) -> None:
+        libc = FakeLibc(OSError(errno.EHOSTUNREACH, "prohibited"), None)
+        self.patch(fastsend, "_libc", libc)
+        seen: list[int] = []
+        refused, segments = fastsend.send_segmented(5, [b"x" * 1472] * 5, lambda i, e: seen.append(i) or True)
+        self.assertEqual((refused, seen, segments), ([0], [0], True))
+        self.assertEqual(libc.offered, [1, 4])
 
 
 class SegmentedDatagramKernelTests(SynchronousTestCase):

@@ -65,13 +65,23 @@ def startcap_request(flags: int, portdata: int, snaplen: int = 65535, timeout_ms
 
 def is_rpcap_packet_datagram(payload: bytes) -> bool:
     """
-    An RPCAP data message (version 0, type 7, value 0) whose length field
-    fits the datagram (which the capture's snaplen may have cut short).
+    RPCAP data messages (version 0, type 7, value 0) back to back, whose
+    length fields fit the datagram (which the capture's snaplen may have cut
+    short): one message, or the run of them a UDP GSO send is before the
+    kernel cuts it (what a capture on the sending host sees).
     """
-    if len(payload) < 8 + 20 or payload[:4] != b"\x00\x07\x00\x00":
-        return False
-    (plen,) = struct.unpack_from("!I", payload, 4)
-    return plen >= len(payload) - 8
+    position = 0
+    while position < len(payload):
+        header = payload[position : position + 8]
+        if len(header) < 8:
+            return position > 0 and payload[position:] == b"\x00\x07\x00\x00"[: len(header)]
+        if header[:4] != b"\x00\x07\x00\x00":
+            return False
+        (plen,) = struct.unpack_from("!I", header, 4)
+        if plen < 20:
+            return False
+        position += 8 + plen
+    return len(payload) >= 8 + 20
 
 
 def rss(pid: int) -> int:
