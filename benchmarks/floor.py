@@ -58,6 +58,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from forwarding import cpu_model  # benchmarks/, first on the path of a script run from there
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 SOURCE = BENCH_DIR / "floor.c"
@@ -279,14 +281,9 @@ def format_table(runs: list[Run]) -> str:
 
 
 def machine_description() -> dict[str, object]:
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "loadavg_at_end": loadavg(),
     }

@@ -827,15 +827,18 @@ def tool_version(*cmd: str, line: int = 0) -> str:
     return lines[line].strip() if len(lines) > line else ""
 
 
-def machine_description(peers: Path) -> dict[str, object]:
-    cpu = ""
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def machine_description(peers: Path) -> dict[str, object]:
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
