@@ -16,7 +16,7 @@ import time
 
 import pcapy
 import psutil
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ._e2e import (
     Daemon,
@@ -80,6 +80,31 @@ class UdpGsoCaptureTests(PassiveDaemonMixin, SynchronousTestCase):
         self.assertEqual({len(f) for f in frames}, {14 + 20 + 8 + 400})
         self.assertNotIn("will not segment", self.daemon.log())
         self.assertIn("UDP GSO where the kernel has it", self.daemon.log())
+
+    def test_over_ipv6_too(self) -> None:
+        """The same burst with the client, the daemon and the data channel on ::1."""
+        if "::1" not in {a.address for a in psutil.net_if_addrs()["lo"]}:
+            raise SkipTest("lo has no ::1 here")
+        self.daemon.stop()
+        port = free_port()
+        self.daemon = Daemon("--listen", f"tcp6:{port}:interface=\\:\\:1", "--null-auth")
+        self.addCleanup(self.daemon.stop)
+        self.daemon.wait_for_port(port, host="::1")
+        traffic = Traffic(socket.AF_INET6)
+        self.addCleanup(traffic.close)
+        cap = PeerCapture(f"rpcap://[::1]:{port}/lo", "--filter", f"udp dst port {traffic.port}", "--udp",
+                          "--max-seconds", "8")  # fmt: skip
+        self.addCleanup(cap.kill)
+        warm_up(cap, traffic)
+        for n in range(200):
+            traffic.send(f"gso6-{n:04d}", size=400)
+        cap.wait_for(lambda lines: any(has_marker(f, "gso6-0199") for f in payloads(lines)))
+        cap.kill()
+        frames = [f for f in payloads(cap.lines) if b"gso6-" in f]
+        self.assertEqual(len(frames), 200)
+        self.assertEqual({len(f) for f in frames}, {14 + 40 + 8 + 400})
+        self.assertIn("UDP data channel to [::1]", self.daemon.log())
+        self.assertNotIn("will not segment", self.daemon.log())
 
 
 class FindAllDevsTests(PassiveDaemonMixin, SynchronousTestCase):
