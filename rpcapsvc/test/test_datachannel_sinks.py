@@ -731,17 +731,24 @@ class TcpBatchSendTests(SynchronousTestCase):
         self.assertEqual([p.npkt for p in iter_packet_messages(self.transport.value())], [1, 2])
 
 
+def udp_sink_with_fake_sender(
+    failures: dict[int, OSError] | None = None, segmenting: bool = False
+) -> tuple[UdpPacketSink, FakeBatchSender]:
+    """A classic UDP sink on a fake port whose batch sends go to a L{FakeBatchSender}."""
+    sink = UdpPacketSink(snaplen=1000, segmenting=segmenting)
+    transport = FakeDatagramTransport()
+    sender = FakeBatchSender(failures=failures)
+    transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
+    sink.transport = transport  # type: ignore[assignment]
+    sink.batch_sender = sender  # type: ignore[assignment]
+    return sink, sender
+
+
 class UdpBatchSendTests(SynchronousTestCase):
     """Classic UDP with one sendmmsg per batch: the same datagrams, drops counted the same way."""
 
     def make(self, failures: dict[int, OSError] | None = None) -> tuple[UdpPacketSink, FakeBatchSender]:
-        sink = UdpPacketSink(snaplen=1000)
-        transport = FakeDatagramTransport()
-        sender = FakeBatchSender(failures=failures)
-        transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
-        sink.transport = transport  # type: ignore[assignment]
-        sink.batch_sender = sender  # type: ignore[assignment]
-        return sink, sender
+        return udp_sink_with_fake_sender(failures)
 
     def test_one_call_per_batch(self) -> None:
         sink, sender = self.make()
@@ -774,13 +781,7 @@ class UdpGsoSinkTests(SynchronousTestCase):
     """Classic UDP with --udp-gso: the same datagrams through the segmenting send; a kernel without it said once."""
 
     def make(self) -> tuple[UdpPacketSink, FakeBatchSender]:
-        sink = UdpPacketSink(snaplen=1000, segmenting=True)
-        transport = FakeDatagramTransport()
-        sender = FakeBatchSender()
-        transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
-        sink.transport = transport  # type: ignore[assignment]
-        sink.batch_sender = sender  # type: ignore[assignment]
-        return sink, sender
+        return udp_sink_with_fake_sender(segmenting=True)
 
     def test_batches_go_segmented_with_the_same_datagrams(self) -> None:
         sink, sender = self.make()
