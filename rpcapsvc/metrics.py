@@ -34,6 +34,18 @@ from .usage import cannot_start, listen_failure_hint
 METRICS_PATH = b"metrics"
 
 
+def url_host(host: str) -> str:
+    """
+    The host part of a URL that reaches, from this machine, a port listening
+    on C{host}: a wildcard address as loopback, an IPv6 address in brackets.
+    """
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def new_registry() -> CollectorRegistry:
     """A registry of a service's own (its collectors say which names they have, in C{describe})."""
     return CollectorRegistry()
@@ -113,13 +125,10 @@ class MetricsListener(StreamServerEndpointService):
         if number is None:
             self.log.info("Serving metrics on {address} at /metrics", address=address)
         else:
-            shown = f"[{host}]" if host and ":" in host else host
-            if host in ("0.0.0.0", "::", ""):
-                shown = "127.0.0.1" if host != "::" else "[::1]"
             self.log.info(
                 "Serving metrics on {host} port {port}: http://{shown}:{port}/metrics",
                 host=host or "every address",
                 port=number,
-                shown=shown,
+                shown=url_host(host or ""),
             )
         return port

@@ -36,7 +36,7 @@ from .capture.blocking import CAPTURE_THREADS, capture_thread_pool, pool_runner
 from .capture.system import ICaptureSystem, PcapySystem
 from .config import ActiveTarget, ConfigError, DaemonConfig, read_config
 from .logtext import escaped
-from .metrics import MetricsListener, new_registry
+from .metrics import MetricsListener, new_registry, url_host
 from .server.active import ReconnectPolicy, collector_service
 from .server.control import RpcapServerFactory
 from .server.counters import ServiceCounters
@@ -306,20 +306,19 @@ class RpcapdService(MultiService):
     def _listening(self, port: Any, tls: bool = False) -> Any:
         """Say where clients connect, how they log in, and the command to try."""
         address = port.getHost()
-        host_ = getattr(address, "host", None)
+        host, number = getattr(address, "host", None), getattr(address, "port", None)
         if (
             self.policy.null_auth
-            and host_ is not None
-            and not _loopback(host_)
+            and host is not None
+            and not _loopback(host)
             and not self.policy.allowed_clients
         ):
             self.log.warn(
                 "Null auth on {host} port {port}, reachable from the network with no --allow list: "
                 "anyone who can reach it may capture; listen on 127.0.0.1, add --allow HOST, or use --auth",
-                host=host_ or "every address",
-                port=getattr(address, "port", "?"),
+                host=host or "every address",
+                port=number if number is not None else "?",
             )
-        host, number = getattr(address, "host", None), getattr(address, "port", None)
         logins = []
         if self.policy.null_auth:
             logins.append("null auth (anyone who can connect)")
@@ -328,9 +327,6 @@ class RpcapdService(MultiService):
         if number is None:
             self.log.info("Listening for RPCAP clients on {address}", address=address)
             return port
-        shown = f"[{host}]" if host and ":" in host else host
-        if host in ("0.0.0.0", "::", ""):
-            shown = "127.0.0.1" if host != "::" else "[::1]"
         scheme = "rpcaps" if tls else "rpcap"
         self.log.info(
             "Listening for RPCAP clients on {host} port {port}; logins: {logins}. "
@@ -339,7 +335,7 @@ class RpcapdService(MultiService):
             port=number,
             logins=" and ".join(logins) or "none allowed yet",
             scheme=scheme,
-            shown=shown,
+            shown=url_host(host or ""),
         )
         return port
 
