@@ -52,7 +52,15 @@ from zope.interface import implementer, provider
 
 from ..capture.blocking import BlockingRunner
 from ..capture.reader import BATCH_PACKETS, CaptureReader
-from ..capture.sampling import FirstAfterInterval, OneInEvery, Sampler, sampler_for
+from ..capture.sampling import (
+    SAMPLING_FIRST_AFTER_MS,
+    SAMPLING_NONE,
+    SAMPLING_ONE_IN_N,
+    FirstAfterInterval,
+    OneInEvery,
+    Sampler,
+    sampler_for,
+)
 from ..capture.system import (
     CaptureError,
     CaptureOptions,
@@ -62,6 +70,7 @@ from ..capture.system import (
     ICaptureSystem,
     PcapySystem,
     PrefixedProgram,
+    keep_batch_buffers_in_heap,
 )
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import BATCH_RECORD, PacketBatch
@@ -173,12 +182,12 @@ def options_from_json(message: dict[str, Any]) -> CaptureOptions:
 
 
 def sampling_of(sampler: Optional[Sampler]) -> tuple[int, int]:
-    """The RPCAP (method, value) a sampler applies; (0, 0): none."""
+    """The RPCAP (method, value) a sampler applies (L{sampler_for} makes it again); (0, 0): none."""
     if isinstance(sampler, OneInEvery):
-        return 1, sampler.n
+        return SAMPLING_ONE_IN_N, sampler.n
     if isinstance(sampler, FirstAfterInterval):
-        return 2, sampler.ms
-    return 0, 0
+        return SAMPLING_FIRST_AFTER_MS, sampler.ms
+    return SAMPLING_NONE, 0
 
 
 def encode_batch(batch: PacketBatch) -> bytes:
@@ -912,8 +921,6 @@ def main(argv: list[str]) -> int:
     epollreactor.install()
     from twisted.internet import reactor as installed
     from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
-
-    from ..capture.system import keep_batch_buffers_in_heap
 
     keep_batch_buffers_in_heap()
     r: Any = installed
