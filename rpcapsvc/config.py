@@ -294,7 +294,6 @@ def _parse_active(value: str, where: str, warnings: list[str]) -> ActiveTarget:
     return ActiveTarget(target, ifname, ifaddr)
 
 
-_YES_WORDS = ("yes", "true", "on", "1")
 _NO_WORDS = ("no", "false", "off", "0")
 
 
