@@ -20,10 +20,23 @@ LOW_HALF = 0 if NATIVE == "little" else 1
 """Which u32 of a native u64 holds its low bits."""
 
 
+_U32 = 0xFFFFFFFF
+
+
+def lanes(words: array[int]) -> int:
+    """The elements of C{words} as one big integer, element I in the Ith lane of C{words.itemsize} bytes."""
+    return int.from_bytes(words, NATIVE)
+
+
+def from_lanes(value: int, count: int) -> array[int]:
+    """The C{count} u64 lanes of C{value} as an array (the inverse of L{lanes} for u64s)."""
+    return array("Q", value.to_bytes(8 * count, NATIVE))
+
+
 def plus(words: array[int], constant: int) -> array[int]:
     """Every element of C{words} plus C{constant}, none of which may overflow: one big-integer addition."""
     pattern = array(words.typecode, [constant]) * len(words)
-    total = int.from_bytes(words, NATIVE) + int.from_bytes(pattern, NATIVE)
+    total = lanes(words) + lanes(pattern)
     return array(words.typecode, total.to_bytes(len(words) * words.itemsize, NATIVE))
 
 
@@ -39,6 +52,30 @@ def contiguous(narrow: Any, count: int) -> array[int]:
     copy = array("I", bytes(4 * count))
     memoryview(copy)[:] = narrow
     return copy
+
+
+def capped(lengths: Any, count: int, limit: int) -> array[int]:
+    """
+    C{min(length, limit)} for each of the u32s C{lengths} (C{limit} from 0
+    to 2**32 - 1), all at once on u64 lanes of big integers: bit 40 of
+    C{length + 2**40 - limit} says whether the length reaches the limit, and
+    masks the excess to take off.
+    """
+    ones = lanes(array("Q", [1]) * count)
+    lengths_value = lanes(widened(lengths, count))
+    biased = lengths_value + ones * ((1 << 40) - limit)
+    reaches = (biased >> 40) & ones
+    excess = (biased & (reaches * ((1 << 41) - 1))) - (reaches << 40)
+    return contiguous(
+        memoryview(from_lanes(lengths_value - excess, count)).cast("B").cast("I")[LOW_HALF::2], count
+    )
+
+
+def counting(first: int, count: int) -> array[int]:
+    """C{count} u32s from C{first} up, wrapping past 2**32 - 1 as RPCAP's u32 counters do."""
+    if first + count <= _U32 + 1:
+        return plus(multiples("I", 1, count), first)
+    return array("I", range(first, _U32 + 1)) + array("I", range(first + count - _U32 - 1))
 
 
 _steps: dict[tuple[str, int], array[int]] = {}

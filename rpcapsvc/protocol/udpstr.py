@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 import attrs
 
-from .arrays import LOW_HALF, NATIVE, multiples, plus, widened
+from .arrays import NATIVE, capped, counting, from_lanes, lanes, multiples, widened
 from .bpf import MAXIMUM_SNAPLEN
 from .datachannel import (
     PKTHDR,
@@ -143,40 +143,6 @@ def _splitter(size: int, count: int) -> struct.Struct:
     return splitter
 
 
-def _lanes(words: array[int]) -> int:
-    """The u64s of C{words} as one big integer, lane I in bits 64 I to 64 I + 63."""
-    return int.from_bytes(words, NATIVE)
-
-
-def _from_lanes(value: int, count: int) -> array[int]:
-    return array("Q", value.to_bytes(8 * count, NATIVE))
-
-
-def _capped(lengths: Any, count: int, snaplen: int) -> array[int]:
-    """
-    C{min(length, snaplen)} for each of the u32s C{lengths} (C{snaplen}
-    from 0 to 2**32 - 1), all at once on u64 lanes of big integers: bit 40 of
-    C{length + 2**40 - snaplen} says whether the length reaches the
-    snaplen, and masks the excess to take off.
-    """
-    ones = _lanes(array("Q", [1]) * count)
-    lengths_value = _lanes(widened(lengths, count))
-    biased = lengths_value + ones * ((1 << 40) - snaplen)
-    reaches = (biased >> 40) & ones
-    excess = (biased & (reaches * ((1 << 41) - 1))) - (reaches << 40)
-    capped = memoryview(_from_lanes(lengths_value - excess, count)).cast("B").cast("I")[LOW_HALF::2]
-    narrow = array("I", bytes(4 * count))
-    memoryview(narrow)[:] = capped
-    return narrow
-
-
-def _counting(first: int, count: int) -> array[int]:
-    """C{count} u32s from C{first} up, wrapping past 2**32 - 1 as the u32 counters do."""
-    if first + count <= _U32 + 1:
-        return plus(multiples("I", 1, count), first)
-    return array("I", range(first, _U32 + 1)) + array("I", range(first + count - _U32 - 1))
-
-
 @attrs.define
 class UdpStrFramer:
     """
@@ -222,14 +188,14 @@ class UdpStrFramer:
         offsets = records[2::4]
         caplens: Any = lengths
         if max(lengths) > snaplen:
-            caplens = _capped(lengths, count, snaplen)
+            caplens = capped(lengths, count, snaplen)
         words = array("I", bytes(PKTHDR_SIZE * count))
         fields = memoryview(words)
         fields[0::5] = records[0::4]
         fields[1::5] = records[1::4]
         fields[2::5] = caplens
         fields[3::5] = lengths
-        fields[4::5] = _counting(first_npkt & _U32, count)
+        fields[4::5] = counting(first_npkt & _U32, count)
         if NATIVE == "little":
             words.byteswap()
         pending = self._pending
@@ -277,7 +243,7 @@ class UdpStrFramer:
         heads = array("I", bytes(UDPSTR_HEADER_SIZE * made))
         halves = memoryview(heads)
         halves[0::2] = array("I", words0)
-        halves[1::2] = _counting(seqno, made)
+        halves[1::2] = counting(seqno, made)
         if NATIVE == "little":
             heads.byteswap()
         slices = struct.Struct(b"".join(map(_TAKE.__getitem__, sizes))).unpack_from(stream)
@@ -297,22 +263,22 @@ class UdpStrFramer:
         sampling leaves them.
         """
         wide_offsets = widened(offsets, count)
-        ends = _lanes(wide_offsets) + _lanes(widened(caplens, count))
+        ends = lanes(wide_offsets) + lanes(widened(caplens, count))
         # Gap I lies between the end of packet I and the start of packet I + 1;
         # a lane that went negative borrows from the next, which shows as a huge lane.
-        gaps_value = _lanes(wide_offsets[1:]) - (ends & ((1 << (_LANE_BITS * (count - 1))) - 1))
+        gaps_value = lanes(wide_offsets[1:]) - (ends & ((1 << (_LANE_BITS * (count - 1))) - 1))
         if gaps_value == 0:
             codes = b"".join(map(_TAKE.__getitem__, caplens))
             # Back to back: packet I begins at base + 20 I + (offset I - offset 0).
-            starts = _lanes(wide_offsets) + _lanes(multiples("Q", PKTHDR_SIZE, count))
+            starts = lanes(wide_offsets) + lanes(multiples("Q", PKTHDR_SIZE, count))
             shift = base - offsets[0]
-            pattern = _lanes(array("Q", [abs(shift)]) * count)
+            pattern = lanes(array("Q", [abs(shift)]) * count)
             starts = starts + pattern if shift >= 0 else starts - pattern
-            bounds = _from_lanes(starts, count).tolist()
+            bounds = from_lanes(starts, count).tolist()
             bounds += [bounds[-1] + PKTHDR_SIZE + caplens[count - 1]]
             return struct.Struct(codes).unpack_from(data, offsets[0]), bounds
         bounds = list(accumulate(map(add, caplens, repeat(PKTHDR_SIZE)), initial=base))
-        if gaps_value > 0 and max(gaps := _from_lanes(gaps_value, count - 1)) < _LANE_LIMIT:
+        if gaps_value > 0 and max(gaps := from_lanes(gaps_value, count - 1)) < _LANE_LIMIT:
             parts: list[bytes] = [b""] * (2 * count - 1)
             parts[0::2] = map(_TAKE.__getitem__, caplens)
             parts[1::2] = map(_SKIP.__getitem__, gaps)
