@@ -40,7 +40,7 @@ from itertools import accumulate, chain, repeat
 from operator import add
 from typing import Any, Callable, Optional, Sequence
 
-from ..protocol.arrays import LOW_HALF, contiguous, multiples, plus, widened
+from ..protocol.arrays import LOW_HALF, capped, contiguous, counting, multiples, plus, widened
 from ..protocol.datachannel import PacketBatch
 
 MESSAGE_HEADER_SIZE = 28
@@ -213,10 +213,9 @@ def packet_vectors(batch: PacketBatch, snaplen: int, first_npkt: int) -> PacketV
     records = memoryview(batch.records).cast("I")  # sec, usec, offset, length: native u32s
     count = len(records) // 4
     lengths = records[3::4]
+    caplens: Any = lengths
     if count and max(lengths) > snaplen:
-        caplens: Any = array("I", map(min, lengths, repeat(snaplen)))
-    else:
-        caplens = lengths
+        caplens = capped(lengths, count, snaplen)
     words = array("I", bytes(MESSAGE_HEADER_SIZE * count))
     view = memoryview(words)
     view[0::7] = array("I", [_PACKET_WORD0]) * count
@@ -226,11 +225,7 @@ def packet_vectors(batch: PacketBatch, snaplen: int, first_npkt: int) -> PacketV
     view[5::7] = lengths
     # plen: the caplen plus the 20-byte rpcap_pkthdr
     view[1::7] = plus(contiguous(caplens, count), MESSAGE_HEADER_SIZE - 8)
-    first = first_npkt & _U32
-    if first + count <= _U32 + 1:
-        view[6::7] = plus(multiples("I", 1, count), first)
-    else:  # the u32 counter wraps in this batch, as libpcap's does
-        view[6::7] = array("I", [(first + i) & _U32 for i in range(count)])
+    view[6::7] = counting(first_npkt & _U32, count)  # wrapping in the batch, as libpcap's counter does
     if _LITTLE_ENDIAN:
         words.byteswap()  # to network byte order
     iov = array("Q", bytes(8 * 2 * _IOVEC_WORDS * count))
@@ -385,6 +380,69 @@ def gso_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
     return groups
 
 
+def _send_each(
+    fd: int, iov_at: int, vectors_each: int, start: int, end: int, on_refused: Callable[[int, OSError], bool]
+) -> list[int]:
+    """Datagrams C{start} to C{end - 1} (C{vectors_each} iovecs each from C{iov_at}), one message each."""
+
+    def shifted(index: int, error: OSError) -> bool:
+        return on_refused(start + index, error)
+
+    mmsg = _message_array(iov_at + 8 * _IOVEC_WORDS * vectors_each * start, end - start, vectors_each)
+    return [start + index for index in _send_messages(fd, mmsg, end - start, shifted)]
+
+
+def _send_planned(
+    fd: int,
+    iov_at: int,
+    vectors_each: int,
+    plan: Sequence[tuple[int, int, bool]],
+    sizes: Sequence[int],
+    on_refused: Callable[[int, OSError], bool],
+    cannot_segment: Callable[[int, int, OSError], bool],
+) -> list[int]:
+    """
+    Send the datagrams of C{plan}, C{(start, end, segmented)} each: datagrams
+    C{start} to C{end - 1} (C{vectors_each} iovecs each from C{iov_at}) as
+    one message of C{sendmmsg}, cut by the kernel into C{sizes[start]}-byte
+    segments if C{segmented}.  A segmented send the kernel will not segment
+    (L{GSO_REFUSED}) goes to C{cannot_segment(start, end, error)}, which
+    says whether to send its datagrams one by one now.  Any other error is
+    what one send meets: the first datagram is refused, as it would be sent
+    alone, and the others are tried as the next sends would be.  The refused
+    indexes.
+    """
+    control = ctypes.create_string_buffer(_CMSG_SPACE_U16 * len(plan))
+    control_at = ctypes.addressof(control)
+    mmsg = array("Q", bytes(8 * _MMSGHDR_WORDS * len(plan)))
+    step = 8 * _IOVEC_WORDS * vectors_each
+    for number, (start, end, segmented) in enumerate(plan):
+        base = number * _MMSGHDR_WORDS
+        mmsg[base + _MSGHDR_IOV] = iov_at + step * start
+        mmsg[base + _MSGHDR_IOVLEN] = vectors_each * (end - start)
+        if segmented:
+            cmsg = _CMSG_SPACE_U16 * number
+            struct.pack_into("=QiiH", control, cmsg, _CMSG + 2, SOL_UDP, UDP_SEGMENT, sizes[start])
+            mmsg[base + 4] = control_at + cmsg  # msg_control
+            mmsg[base + 5] = _CMSG_SPACE_U16  # msg_controllen
+    refused: list[int] = []
+
+    def plan_refused(number: int, error: OSError) -> bool:
+        start, end, segmented = plan[number]
+        if segmented and error.errno in GSO_REFUSED:
+            if cannot_segment(start, end, error):
+                refused.extend(_send_each(fd, iov_at, vectors_each, start, end, on_refused))
+            return True
+        refused.append(start)
+        on_refused(start, error)
+        if end - start > 1:
+            refused.extend(_send_each(fd, iov_at, vectors_each, start + 1, end, on_refused))
+        return True
+
+    _send_messages(fd, mmsg, len(plan), plan_refused)
+    return refused
+
+
 def send_segmented(
     fd: int, datagrams: Sequence[bytes], on_refused: Callable[[int, OSError], bool]
 ) -> tuple[list[int], bool]:
@@ -392,58 +450,27 @@ def send_segmented(
     Send C{datagrams} (on a connected UDP socket) with UDP GSO: the runs
     of L{gso_groups}, each one message of C{sendmmsg} carrying the segment
     size, so the kernel builds the datagrams (the same bytes as one send
-    each).  A refused send refuses each of its datagrams.  Returns the
+    each).  A run the kernel will not segment goes one by one at once, so
+    the datagrams keep their order; a send that fails otherwise loses its
+    first datagram, as a lone send would (L{_send_planned}).  Returns the
     refused indexes, and C{False} if the kernel cannot segment here (the
     caller then sends without GSO from now on; this batch is sent anyway).
     """
     count = len(datagrams)
     sizes = [len(d) for d in datagrams]
-    groups = gso_groups(sizes)
     iov = array("Q", bytes(8 * _IOVEC_WORDS * count))
     view = memoryview(iov)
     view[0::2] = addresses_of(datagrams)
     view[1::2] = array("Q", sizes)
-    control = ctypes.create_string_buffer(_CMSG_SPACE_U16 * len(groups))
-    control_at = ctypes.addressof(control)
-    mmsg = array("Q", bytes(8 * _MMSGHDR_WORDS * len(groups)))
     iov_at = iov.buffer_info()[0]
-    for number, (start, end) in enumerate(groups):
-        base = number * _MMSGHDR_WORDS
-        mmsg[base + _MSGHDR_IOV] = iov_at + 8 * _IOVEC_WORDS * start
-        mmsg[base + _MSGHDR_IOVLEN] = end - start
-        if end - start > 1:
-            cmsg = _CMSG_SPACE_U16 * number
-            struct.pack_into("=QiiH", control, cmsg, _CMSG + 2, SOL_UDP, UDP_SEGMENT, sizes[start])
-            mmsg[base + 4] = control_at + cmsg  # msg_control
-            mmsg[base + 5] = _CMSG_SPACE_U16  # msg_controllen
-    unsegmented: list[int] = []
-    refused: list[int] = []
+    plan = [(start, end, end - start > 1) for start, end in gso_groups(sizes)]
+    unsegmented: list[tuple[int, int]] = []
 
-    def group_refused(number: int, error: OSError) -> bool:
-        start, end = groups[number]
-        if end - start > 1 and error.errno in GSO_REFUSED:
-            unsegmented.append(number)
-            return True
-        # As in send_datagrams_segmented: one datagram refused, the rest tried.
-        refused.append(start)
-        on_refused(start, error)
-        if end - start > 1:
+    def cannot_segment(start: int, end: int, error: OSError) -> bool:
+        unsegmented.append((start, end))
+        return True  # one by one, at once: the datagrams keep their order
 
-            def shifted(index: int, error: OSError, at: int = start + 1) -> bool:
-                refused.append(at + index)
-                return on_refused(at + index, error)
-
-            send_buffers(fd, datagrams[start + 1 : end], shifted)
-        return True
-
-    _send_messages(fd, mmsg, len(groups), group_refused)
-    for number in unsegmented:
-        start, end = groups[number]
-
-        def shifted(index: int, error: OSError, at: int = start) -> bool:
-            return on_refused(at + index, error)
-
-        refused.extend(start + i for i in send_buffers(fd, datagrams[start:end], shifted))
+    refused = _send_planned(fd, iov_at, 1, plan, sizes, on_refused, cannot_segment)
     refused.sort()
     return refused, not unsegmented
 
@@ -475,49 +502,16 @@ def send_datagrams_segmented(
     if len(plan) * 4 > count:
         # Few runs (packets of many sizes, or too big to segment): nothing to gain.
         return send_datagrams(fd, vectors, on_refused), largest
-    iov_at = vectors.iov.buffer_info()[0]
-    step = 8 * _IOVEC_WORDS * 2  # a message's two iovecs
-    control = ctypes.create_string_buffer(_CMSG_SPACE_U16 * len(plan))
-    control_at = ctypes.addressof(control)
-    mmsg = array("Q", bytes(8 * _MMSGHDR_WORDS * len(plan)))
-    for number, (start, end, segmented) in enumerate(plan):
-        base = number * _MMSGHDR_WORDS
-        mmsg[base + _MSGHDR_IOV] = iov_at + step * start
-        mmsg[base + _MSGHDR_IOVLEN] = 2 * (end - start)
-        if segmented:
-            cmsg = _CMSG_SPACE_U16 * number
-            struct.pack_into("=QiiH", control, cmsg, _CMSG + 2, SOL_UDP, UDP_SEGMENT, sizes[start])
-            mmsg[base + 4] = control_at + cmsg  # msg_control
-            mmsg[base + 5] = _CMSG_SPACE_U16  # msg_controllen
-    refused: list[int] = []
     still: list[Optional[int]] = [largest]
 
-    def each_alone(start: int, end: int) -> None:
-        def shifted(index: int, error: OSError) -> bool:
-            refused.append(start + index)
-            return on_refused(start + index, error)
-
-        _send_messages(fd, _message_array(iov_at + step * start, end - start, 2), end - start, shifted)
-
-    def plan_refused(number: int, error: OSError) -> bool:
-        start, end, segmented = plan[number]
-        if segmented and error.errno in GSO_REFUSED:
-            if error.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                still[0] = None  # no UDP GSO in this kernel
-            elif still[0] is not None:
-                still[0] = min(still[0], sizes[start] - 1)
-            each_alone(start, end)
-            return True
-        # Anything else (a full buffer, an ICMP error the socket held) is
-        # what one send meets: the first datagram is refused, as it would be
-        # sent alone, and the others are tried as the next sends would be.
-        refused.append(start)
-        on_refused(start, error)
-        if end - start > 1:
-            each_alone(start + 1, end)
+    def cannot_segment(start: int, end: int, error: OSError) -> bool:
+        if error.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            still[0] = None  # no UDP GSO in this kernel
+        elif still[0] is not None:
+            still[0] = min(still[0], sizes[start] - 1)
         return True
 
-    _send_messages(fd, mmsg, len(plan), plan_refused)
+    refused = _send_planned(fd, vectors.iov.buffer_info()[0], 2, plan, sizes, on_refused, cannot_segment)
     refused.sort()
     return refused, still[0]
 

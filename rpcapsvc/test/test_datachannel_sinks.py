@@ -873,6 +873,17 @@ class SegmentedDatagramCallTests(SynchronousTestCase):
         self.assertEqual((refused, seen, largest), ([0], [0], 1 << 16))
         self.assertEqual(libc.offered, [2, 10, 1])
 
+    def test_udpstr_run_the_kernel_will_not_segment_goes_at_once(self) -> None:
+        """One by one before the next run, so a collector sees the datagrams in order; GSO then said off."""
+        libc = FakeLibc(OSError(errno.EINVAL, "invalid"), None, None)
+        self.patch(fastsend, "_libc", libc)
+        datagrams = [b"a" * 1472] * 3 + [b"b" * 1400] * 2
+        refused, segments = fastsend.send_segmented(5, datagrams, lambda i, e: True)
+        self.assertEqual((refused, segments), ([], False))
+        self.assertEqual(
+            libc.offered, [2, 4, 1]
+        )  # the first run (closed by a shorter one) alone, then the last
+
     def test_udpstr_runs_likewise(self) -> None:
         libc = FakeLibc(OSError(errno.EHOSTUNREACH, "prohibited"), None)
         self.patch(fastsend, "_libc", libc)
