@@ -363,9 +363,10 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
             return "the client"
         return f"{host}:{port}"
 
-    def _send(self, datagram: bytes) -> bool:
+    def _send(self, datagram: bytes, send: Optional[Callable[[bytes], object]] = None) -> bool:
+        """Send one datagram (with C{send}, a batch's L{_sender}); whether it went, a network's refusal counted."""
         try:
-            self._sender()(datagram)
+            (send or self._sender())(datagram)
         except MessageLengthError as e:
             self._refused(e)
             return False
@@ -411,25 +412,10 @@ class UdpPacketSink(_SinkBase, protocol.DatagramProtocol):
             return
         send = self._sender()
         messages = encode_packet_messages(batch, self.snaplen, self.sent + self.dropped + 1)
-        sent = 0
-        refused_bytes = 0
-        for message in messages:
-            try:
-                send(message)
-            except MessageLengthError as e:
-                self._refused(e)
-                refused_bytes += len(message)
-                continue
-            except OSError as e:
-                if e.errno not in NETWORK_SEND_ERRORS:
-                    raise
-                self._refused(e)
-                refused_bytes += len(message)
-                continue
-            sent += 1
-        self.sent += sent
-        self.dropped += len(messages) - sent
-        self.bytes_sent += sum(map(len, messages)) - refused_bytes
+        lost = [message for message in messages if not self._send(message, send)]
+        self.sent += len(messages) - len(lost)
+        self.dropped += len(lost)
+        self.bytes_sent += sum(map(len, messages)) - sum(map(len, lost))
 
     def connectionRefused(self) -> None:
         """The collector has no socket there (yet): the datagram is lost."""
@@ -466,7 +452,6 @@ class UdpStrPacketSink(UdpPacketSink):
         self._clock = clock
         self._flush_after = flush_after
         self._flush_call: Optional[IDelayedCall] = None
-        self._npkt = 1
         self._last_datagram = b""
 
     def settings(self) -> dict[str, Any]:
@@ -474,7 +459,6 @@ class UdpStrPacketSink(UdpPacketSink):
             **super().settings(),
             "mtu": self.framer.mtu,
             "flush_after": self._flush_after,
-            "segmenting": self.segmenting,
         }
 
     @classmethod
@@ -484,8 +468,7 @@ class UdpStrPacketSink(UdpPacketSink):
         )
 
     def write_batch(self, batch: PacketBatch) -> None:
-        datagrams = self.framer.pack_batch(batch, self.snaplen, self._npkt)
-        self._npkt += len(batch)
+        datagrams = self.framer.pack_batch(batch, self.snaplen, self.sent + 1)
         self.sent += len(batch)
         fd = self._socket_fd() if len(datagrams) > 1 else None
         if fd is not None and self.batch_sender is not None:
@@ -499,24 +482,21 @@ class UdpStrPacketSink(UdpPacketSink):
             else:
                 refused = self.batch_sender.send_buffers(fd, datagrams, self._refused_in_batch)
             lost = [datagrams[i] for i in refused]
-            self.datagrams += len(datagrams) - len(lost)
-            self.bytes_sent += sum(map(len, datagrams)) - sum(map(len, lost))
-            self.dropped += sum(map(packets_touched, lost))
-            if datagrams:
-                self._last_datagram = datagrams[-1]
         else:
-            for datagram in datagrams:
-                self._send_datagram(datagram)
+            lost = [datagram for datagram in datagrams if not self._send_datagram(datagram)]
+        self._count(datagrams, lost)
         if self.framer.pending and self._flush_call is None:
             self._flush_call = self._clock.callLater(self._flush_after, self.flush)
 
-    def _send_datagram(self, datagram: bytes) -> None:
-        self._last_datagram = datagram
-        if self._send(datagram):
-            self.datagrams += 1
-            self.bytes_sent += len(datagram)
-        else:
-            self.dropped += packets_touched(datagram)
+    def _send_datagram(self, datagram: bytes) -> bool:
+        self._last_datagram = datagram  # for connectionRefused, which Twisted calls from inside the send
+        return self._send(datagram)
+
+    def _count(self, datagrams: list[bytes], lost: list[bytes]) -> None:
+        """Count C{datagrams} sent but for C{lost}, whose packets are dropped."""
+        self.datagrams += len(datagrams) - len(lost)
+        self.bytes_sent += sum(map(len, datagrams)) - sum(map(len, lost))
+        self.dropped += sum(map(packets_touched, lost))
 
     def flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
@@ -524,7 +504,7 @@ class UdpStrPacketSink(UdpPacketSink):
         self._flush_call = None
         datagram = self.framer.flush()
         if datagram is not None and self.transport is not None:
-            self._send_datagram(datagram)
+            self._count([datagram], [] if self._send_datagram(datagram) else [datagram])
 
     def connectionRefused(self) -> None:
         # Twisted reports the refusal from inside the send of this datagram.
