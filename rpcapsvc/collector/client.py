@@ -58,6 +58,7 @@ from ..protocol.wire import (
     StatsRequest,
     UpdateFilterRequest,
 )
+from .files import MAX_LINKTYPE
 
 PacketCallback = Callable[[list[CapturedPacket]], None]
 
@@ -71,19 +72,18 @@ MAX_ERROR_PAYLOAD = 64 * 1024
 MAX_SMALL_REPLY = 4 * 1024
 """Every reply but the interface list: auth, open, startcap, stats are 16 bytes at most, the rest empty."""
 
-MAX_LINKTYPE = 0xFFFF
-"""Link types fit in 16 bits: a pcapng interface holds no more, a pcap header no more in its type bits."""
-
 
 class ProtocolBroken(MalformedMessage):
     """The daemon broke the protocol in a way that ends the session (its message says how)."""
 
 
+def protocol_broken(error: BaseException, client: Optional[RpcapClientProtocol]) -> bool:
+    """Whether a request failed because the daemon broke the protocol: C{error} says so, or C{client} ended for it."""
+    return isinstance(error, ProtocolBroken) or (client is not None and client.broken is not None)
+
+
 class _ReplyParser(ControlStreamParser):
     """Frames the daemon's side: each reply type bounded, so an oversized one is refused before it is buffered."""
-
-    def __init__(self, max_interface_list: int) -> None:
-        super().__init__(max_interface_list)
 
     def limit_for(self, header: Header) -> int:
         if header.type == MessageType.FINDALLIF_REPLY:
@@ -182,6 +182,10 @@ class RpcapClientProtocol(protocol.Protocol):
         self.log.warn(
             "{tag} ending the session, the daemon broke the protocol: {why}", tag=self.log_tag, why=why
         )
+        self.abort()
+
+    def abort(self) -> None:
+        """Hang up at once, whatever is unsent: a daemon that reads nothing cannot hold the connection."""
         transport = self.transport
         if transport is not None:
             abort = getattr(transport, "abortConnection", None)
@@ -307,8 +311,12 @@ class RpcapClientFactory(protocol.Factory):
     def __init__(self, on_connect: Optional[Callable[[RpcapClientProtocol], object]] = None) -> None:
         self.on_connect = on_connect
 
+    def new_protocol(self) -> RpcapClientProtocol:
+        """The protocol for one daemon that dialled in (subclasses give their own)."""
+        return RpcapClientProtocol(active=True)
+
     def buildProtocol(self, addr: Any) -> RpcapClientProtocol:
-        p = RpcapClientProtocol(active=True)
+        p = self.new_protocol()
         if self.on_connect is not None:
             on_connect = self.on_connect
             p.when_connected.addCallback(lambda proto: (on_connect(proto), proto)[1])
@@ -637,6 +645,7 @@ __all__ = [
     "DatagramPacketReceiver",
     "LossCounters",
     "ProtocolBroken",
+    "protocol_broken",
     "RemoteCapture",
     "RpcapClientFactory",
     "RpcapClientProtocol",

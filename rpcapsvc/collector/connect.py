@@ -246,11 +246,11 @@ class Daemon:
         from twisted.internet.error import ConnectionDone, ConnectionLost
 
         from ..protocol.wire import RemoteError, RpcapError
-        from .client import ProtocolBroken
+        from .client import protocol_broken
 
         if is_tls_error(error):
             return self.tls_failed(error)
-        if isinstance(error, ProtocolBroken) or (client is not None and client.broken is not None):
+        if protocol_broken(error, client):
             return self.broke_protocol(error, client)
         if client is not None and client.errors:
             first = client.errors[0]

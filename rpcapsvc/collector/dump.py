@@ -55,10 +55,10 @@ from ..protocol.wire import (
 )
 from .client import (
     CaptureSettings,
-    ProtocolBroken,
     RemoteCapture,
     RpcapClientFactory,
     RpcapClientProtocol,
+    protocol_broken,
     start_capture,
 )
 from .connect import (
@@ -605,12 +605,8 @@ class DumpClientFactory(RpcapClientFactory):
         self.clock = clock
         self.timeout = timeout
 
-    def buildProtocol(self, addr: Any) -> DumpClient:
-        p = DumpClient(self.clock, self.timeout, active=True)
-        on_connect = self.on_connect
-        assert on_connect is not None
-        p.when_connected.addCallback(lambda proto: (on_connect(proto), proto)[1])
-        return p
+    def new_protocol(self) -> DumpClient:
+        return DumpClient(self.clock, self.timeout, active=True)
 
 
 def client_endpoint(
@@ -1168,7 +1164,7 @@ class Run:
         """Why the control connection failed before the capture started."""
         client = self.client
         why = self._peer().gone(e, client, client is not None and client.spoke_tls)
-        if isinstance(e, ProtocolBroken) or (client is not None and client.broken is not None):
+        if protocol_broken(e, client):
             return ProtocolError(why)
         return DumpError(why)
 

@@ -1047,8 +1047,7 @@ class Capture:
     ) -> RemoteCapture:
         from twisted.internet import defer
 
-        from ..protocol.wire import RemoteError
-        from .client import ProtocolBroken, start_capture
+        from .client import protocol_broken, start_capture
 
         starting = defer.ensureDeferred(
             start_capture(
@@ -1070,11 +1069,8 @@ class Capture:
             why = daemon.not_started(e, settings.device, interfaces, CONNECT_TIMEOUT)
             if why is not None:
                 raise ExtcapError(why, EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAILED) from None
-            if isinstance(e, ProtocolBroken) or client.broken is not None:
-                raise ExtcapError(daemon.broke_protocol(e, client)) from None
-            if client.errors:
-                error = client.errors[0]
-                raise ExtcapError(daemon.refused(RemoteError(error.code, error.text))) from None
+            if protocol_broken(e, client) or client.errors:
+                raise ExtcapError(daemon.gone(e, client)) from None  # how it broke the protocol, or its error
             raise ExtcapError(
                 f"{daemon.name} closed the connection before the capture started ({escaped(str(e))})"
             ) from None

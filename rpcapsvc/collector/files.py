@@ -433,6 +433,10 @@ class CaptureFileWriter:
             raise ValueError("the capture file is closed")
 
 
+MAX_LINKTYPE = 0xFFFF
+"""Link types fit in 16 bits: a pcapng interface holds no more, a pcap header no more in its type bits."""
+
+
 class UnsupportedLinkType(ValueError):
     """A link type no capture file can hold (negative, or past the 16 bits pcap and pcapng give it)."""
 
@@ -451,7 +455,7 @@ def check_linktype(linktype: int) -> None:
 
     @raise UnsupportedLinkType: not 0 to 65535.
     """
-    if not 0 <= linktype <= 0xFFFF:
+    if not 0 <= linktype <= MAX_LINKTYPE:
         raise UnsupportedLinkType(linktype)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import itertools
 import os
 import re
 import signal
@@ -41,14 +40,14 @@ from ..logtext import escaped, host_port
 from ..metrics import MetricsListener, new_registry
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
-from ..server.admission import host_key
+from ..server.admission import host_key, ticket
 from ..usage import cannot_start, listen_failure_hint
 from .client import (
     CaptureSettings,
-    ProtocolBroken,
     RemoteCapture,
     RpcapClientFactory,
     RpcapClientProtocol,
+    protocol_broken,
     start_capture,
 )
 from .files import DirectoryBudget, FileHistory, RotatingCaptureFiles
@@ -73,8 +72,6 @@ SUMMARY_INTERVAL = 10.0
 
 MAX_FILE_NAME_PART = 64
 """Characters of an interface name kept in a file name (file names are at most 255 bytes)."""
-
-_tickets = itertools.count(1)
 
 _BUFFER_CHECKED_FROM = 64 * 1024
 """A connection holding less is not worth summing every connection for (bounds the slack)."""
@@ -210,7 +207,6 @@ class CollectorClientProtocol(RpcapClientProtocol):
     def __init__(self, collector: CollectorService) -> None:
         super().__init__(max_payload=collector.settings.max_message_size, active=True)
         self.collector = collector
-        self.session: Optional[DaemonSession] = None
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
@@ -228,7 +224,7 @@ class DaemonSession:
         self.host = _unmapped(client.peer_host)
         self.host_key = host_key(self.host)
         """What per-address limits count by (an IPv6 daemon's /64)."""
-        self.ticket = next(_tickets)
+        self.ticket = ticket()
         """Larger for a later connection: its age."""
         self.daemon = host_port(self.host, client.peer_port)
         """The daemon's C{host:port}, for the log."""
@@ -293,10 +289,7 @@ class DaemonSession:
             # Once the connection is lost every reply has failed; what the session
             # may still wait for is the data connection: stop waiting for it too.
             self.client.disconnected.addCallback(lambda _: running.cancel())
-        transport = self.client.transport
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            (abort or transport.loseConnection)()
+        self.client.abort()
 
     async def run(self) -> None:
         settings = self.collector.settings
@@ -342,7 +335,7 @@ class DaemonSession:
             )
         except Exception as e:
             self._cancel_deadline()
-            broken = isinstance(e, ProtocolBroken) or self._broken() is not None
+            broken = protocol_broken(e, self.client)
             gone = isinstance(e, ConnectionClosed) or self.client.disconnected.called
             if self.hung_up is not None or gone or broken:
                 # Hung up on (said so then), or gone by itself: nothing to hold.
@@ -403,10 +396,6 @@ class DaemonSession:
                 self.log.error("{tag} cannot write: {why}; capture ended", tag=self._tag(), why=e)
                 self.client.close()
 
-    def _broken(self) -> Optional[str]:
-        """Why the client ended the session for breaking the protocol, if it did."""
-        return getattr(self.client, "broken", None)
-
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -464,18 +453,18 @@ class DaemonSession:
             self.collector.files_ended += self.files.files_opened
         self.collector.unsolicited_ended += self.unsolicited
         self.collector.foreign_ended += self.foreign
-        if self._broken() is not None:
+        if self.client.broken is not None:
             self.collector.count_closed("protocol")
 
     @property
     def unsolicited(self) -> int:
         """Messages the daemon sent that answered no request (or not the one asked)."""
-        return int(getattr(self.client, "unexpected", 0))
+        return self.client.unexpected
 
     @property
     def foreign(self) -> int:
         """Datagrams and connections from others than the daemon, turned away on its data channel."""
-        return int(getattr(self.capture.loss, "foreign", 0)) if self.capture is not None else 0
+        return self.capture.loss.foreign if self.capture is not None else 0
 
     def _tag(self) -> str:
         """What every log line of the session starts with: C{daemon=HOST:PORT interface=NAME}."""
@@ -529,11 +518,8 @@ class _DaemonFactory(RpcapClientFactory):
         super().__init__(collector._daemon_connected)
         self.collector = collector
 
-    def buildProtocol(self, addr: Any) -> RpcapClientProtocol:
-        p = CollectorClientProtocol(self.collector)
-        on_connect = self.collector._daemon_connected
-        p.when_connected.addCallback(lambda proto: (on_connect(proto), proto)[1])
-        return p
+    def new_protocol(self) -> RpcapClientProtocol:
+        return CollectorClientProtocol(self.collector)
 
 
 class CollectorService(MultiService):
@@ -630,12 +616,8 @@ class CollectorService(MultiService):
                     why=why,
                     more=self.refusal_lines.take_suppressed(),
                 )
-            transport = client.transport
-            if transport is not None:
-                transport.abortConnection()  # type: ignore[attr-defined]
+            client.abort()
             return
-        if isinstance(client, CollectorClientProtocol):
-            client.session = session
         self.sessions.add(session)
         session.start()
 
