@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -58,7 +57,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from forwarding import cpu_model  # benchmarks/, first on the path of a script run from there
+# benchmarks/, first on the path of a script run from there
+from forwarding import cpu_model, machine_busy_seconds, parse_count
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
@@ -158,15 +158,6 @@ class Run:
         return 1e6 * self._number(self.floor, "receiver_runtime_s") / received if received else 0.0
 
 
-def parse_count(text: str) -> int:
-    """'100000', '100k' or '1M' as an integer."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
-    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
-
-
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -183,13 +174,6 @@ def build(workdir: Path) -> Path:
     if done.returncode != 0:
         raise SystemExit(f"floor.c does not compile:\n{done.stderr.strip()}")
     return binary
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs have spent busy since boot (/proc/stat): other load shows here."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def loadavg() -> str:
