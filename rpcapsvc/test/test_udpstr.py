@@ -67,42 +67,19 @@ def frame(
 
 def fork_model(batches: list[list[Packet]], mtu: int, snaplen: int, flush_each: bool) -> list[bytes]:
     """
-    C{daemon_udpstr_write} and C{daemon_udpstr_flush} of ExtraHop's rpcapd
-    transcribed one packet at a time, with a byte buffer in place of the
-    iovec array (whose 32-entry limit is left out, as in the framer).
+    All the datagrams ExtraHop's rpcapd sends for C{batches} (L{reference_framer}),
+    flushed after each batch if C{flush_each}, and at the end.
     """
-    out = []
-    buf = bytearray(8)  # the udpstr header's place: iov_len starts at 8
-    firsthdr: Optional[int] = None
-    seqno = 0
-
-    def send(length: int) -> None:
-        first = 0xFFFF if firsthdr is None else firsthdr
-        out.append(struct.pack("!BBHI", 0, 110, first, seqno) + bytes(buf[8:length]))
-
+    flush: Step = ("flush", PacketBatch(b"", b""), 0, 0)
+    steps: list[Step] = []
     npkt = 1
     for batch in batches:
-        for sec, usec, data in batch:
-            assert len(buf) < mtu - 28
-            if firsthdr is None:
-                firsthdr = len(buf)
-            caplen = min(len(data), snaplen)
-            buf += PKTHDR.pack(sec, usec, caplen, len(data), npkt) + data[:caplen]
-            npkt += 1
-            while len(buf) >= mtu - 28:
-                length = min(len(buf), mtu)
-                send(length)
-                firsthdr = None
-                seqno += 1
-                buf = bytearray(8) + buf[length:]
-        if flush_each and len(buf) > 8:
-            send(len(buf))
-            firsthdr = None
-            seqno += 1
-            buf = bytearray(8)
-    if len(buf) > 8:
-        send(len(buf))
-    return out
+        steps.append(("batch", PacketBatch.from_packets(batch), snaplen, npkt))
+        npkt += len(batch)
+        if flush_each:
+            steps.append(flush)
+    steps.append(flush)
+    return [datagram for out in reference_framer(steps, mtu, 0) for datagram in out]
 
 
 def decode(datagrams: list[bytes]) -> tuple[UdpStrDecoder, list[CapturedPacket]]:
@@ -718,12 +695,14 @@ Step = tuple[str, PacketBatch, int, int]
 
 def reference_framer(steps: list[Step], mtu: int, seqno: int) -> list[list[bytes]]:
     """
-    What each step gives, one packet at a time as C{daemon_udpstr_write}
-    does it (see L{fork_model}), reading the batch records directly: the
-    datagrams a batch completes, or the flushed datagram (or none).
+    What each step gives: C{daemon_udpstr_write} and C{daemon_udpstr_flush}
+    of ExtraHop's rpcapd transcribed one packet at a time, with a byte
+    buffer in place of the iovec array (whose 32-entry limit is left out,
+    as in the framer), reading the batch records directly: the datagrams a
+    batch completes, or the flushed datagram (or none).
     """
     results: list[list[bytes]] = []
-    buf = bytearray(8)
+    buf = bytearray(8)  # the udpstr header's place: iov_len starts at 8
     firsthdr: Optional[int] = None
 
     def datagram(length: int) -> bytes:
@@ -742,6 +721,7 @@ def reference_framer(steps: list[Step], mtu: int, seqno: int) -> list[list[bytes
             continue
         npkt = first_npkt
         for sec, usec, offset, length in BATCH_RECORD.iter_unpack(batch.records):
+            assert len(buf) < mtu - 28
             if firsthdr is None:
                 firsthdr = len(buf)
             caplen = min(length, snaplen)
