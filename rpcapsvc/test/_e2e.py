@@ -30,15 +30,24 @@ def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> i
         return int(s.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM C{process} if it still runs, and SIGKILL it if it has not ended C{timeout} seconds later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def e2e_skip_reason(need_capture: bool = True) -> Optional[str]:
     """Why end-to-end tests against libpcap's client cannot run here, if they cannot."""
     reason = _peers.skip_reason_for_client()
     if reason:
         return reason
     if need_capture:
-        ok, why = _peers.can_capture()
-        if not ok:
-            return why
+        return _peers.skip_reason_for_capture()
     return None
 
 
@@ -103,13 +112,7 @@ class Daemon:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         if self.process.stderr is not None:
             self.process.stderr.close()
         log = self.log()

@@ -10,6 +10,7 @@ Nothing here opens a socket or runs a capture.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from typing import Any, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -41,6 +42,16 @@ def h(text: str) -> bytes:
 
 # Destination and source MAC addresses of the frames L{ether_ipv4} builds.
 ETH_ADDRS = b"\x02" * 6 + b"\x04" * 6
+
+
+def internet_checksum(data: bytes) -> int:
+    """The ones' complement checksum of IPv4 headers and ICMP (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def ether(ethertype: int, payload: bytes, addresses: bytes = ETH_ADDRS) -> bytes:

@@ -88,6 +88,8 @@ from rpcapsvc.protocol.wire import (
     UpdateFilterReply,
     frame,
 )
+from rpcapsvc.test._e2e import stop_process
+from rpcapsvc.test._fixtures import internet_checksum
 
 LINKTYPE_ETHERNET = 1
 GENUINE = b"GENUINE"
@@ -98,22 +100,13 @@ FORGED = b"FORGED"
 # --- what goes on the wire ---------------------------------------------------------
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ethernet_udp_frame(payload: bytes, src_port: int = 40000, dst_port: int = 40001) -> bytes:
     """An Ethernet/IPv4/UDP frame carrying C{payload}, 10.0.0.1 to 10.0.0.2: tshark shows C{udp.payload}."""
     udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(payload), 0) + payload
     head = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     )
-    head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
+    head = head[:10] + struct.pack("!H", internet_checksum(head)) + head[12:]
     return b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + b"\x08\x00" + head + udp
 
 
@@ -564,25 +557,30 @@ def silent_after_auth(session: Session) -> None:
     _read_until_closed(session)
 
 
-@behaviour("reply-one-byte-short")
-def reply_one_byte_short(session: Session) -> None:
-    """Answers the login; the interface list announces 16 MiB and sends all of it but its last byte."""
+def _answer_login_then_next_request_with(session: Session, raw: bytes) -> None:
+    """Answer the login; send C{raw} for the next request (the interface list), then answer nothing."""
     _answer_login(session)
     if session.read() is None:
         return
-    size = 16 * 1024 * 1024
-    session.send(frame(MessageType.FINDALLIF_REPLY, b"\0" * size, value=1)[:-1])
+    session.send(raw)
     _read_until_closed(session)
+
+
+@behaviour("reply-one-byte-short")
+def reply_one_byte_short(session: Session) -> None:
+    """Answers the login; the interface list announces 16 MiB and sends all of it but its last byte."""
+    size = 16 * 1024 * 1024
+    _answer_login_then_next_request_with(
+        session, frame(MessageType.FINDALLIF_REPLY, b"\0" * size, value=1)[:-1]
+    )
 
 
 @behaviour("oversized-reply")
 def oversized_reply(session: Session) -> None:
     """Answers the login; the interface list announces 4 GB."""
-    _answer_login(session)
-    if session.read() is None:
-        return
-    session.send(struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 0xFFFFFFFF) + b"\0" * 65536)
-    _read_until_closed(session)
+    _answer_login_then_next_request_with(
+        session, struct.pack("!BBHI", 0, MessageType.FINDALLIF_REPLY, 1, 0xFFFFFFFF) + b"\0" * 65536
+    )
 
 
 @behaviour("escape-sequences")
@@ -779,13 +777,7 @@ class HostileDaemon:
         return self.process.stderr.read() if self.process.stderr and self.process.poll() is not None else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 5)
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

@@ -114,6 +114,14 @@ def can_capture() -> Tuple[bool, str]:
     return True, "root" if os.geteuid() == 0 else "CAP_NET_RAW"
 
 
+def skip_reason_for_capture() -> Optional[str]:
+    """
+    Why tests that capture packets cannot run here, or C{None} if they can.
+    """
+    ok, why = can_capture()
+    return None if ok else why
+
+
 def start_reference_rpcapd(*args: str, **popen_kwargs: object) -> subprocess.Popen[bytes]:
     """
     Start libpcap's C{rpcapd} with C{args} (e.g. C{"-n", "-b", "127.0.0.1",

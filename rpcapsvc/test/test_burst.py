@@ -33,15 +33,10 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 DLT_EN10MB = 1
 
 
-def _skip_reason() -> str | None:
-    ok, why = _peers.can_capture()
-    return None if ok else why
-
-
 class _BurstTestBase(TestCase):
     """A daemon forwarding udpstr, and the burst."""
 
-    skip = _skip_reason()
+    skip = _peers.skip_reason_for_capture()
     timeout = 60
 
     def start_daemon(self, *options: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Optional
@@ -19,6 +18,7 @@ from typing import Optional
 from twisted.trial.unittest import TestCase
 
 from rpcapsvc.collector.dump import EXIT_OK, EXIT_PROTOCOL
+from rpcapsvc.test._e2e import free_port
 from rpcapsvc.test._hostile_daemon import HostileDaemon, Measured, run_measured, vm_hwm_kib
 from rpcapsvc.test.test_interop_collector import Dump, _env, _wait_until, capinfos
 
@@ -26,12 +26,6 @@ DUMP = [sys.executable, "-m", "rpcapsvc.collector.dump"]
 
 MAX_RSS_KIB = 150 * 1024
 """rpcap-dump's peak with the largest reply it takes (a 16 MiB interface list) is about 65 MiB."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HostileDumpTestsBase(TestCase):
@@ -146,7 +140,7 @@ class ActiveDaemonTests(HostileDumpTestsBase):
     """The fake dials rpcap-dump --active."""
 
     def active_dump(self, behaviour: str, *args: str) -> Measured:
-        port = _free_port()
+        port = free_port()
         result: list[Measured] = []
         import threading
 

@@ -36,8 +36,7 @@ def _skip_reason(reference_peers: bool = False) -> Optional[str]:
     if reference_peers:
         reason = e2e_skip_reason() or _peers.skip_reason_for_rpcapd()
     else:
-        ok, why = _peers.can_capture()
-        reason = None if ok else why
+        reason = _peers.skip_reason_for_capture()
     for tool in ("tshark", "capinfos"):
         if reason is None and shutil.which(tool) is None:
             reason = f"{tool} is not installed (scripts/install-system-deps.sh)"

@@ -37,8 +37,7 @@ from . import _peers
 from ._e2e import REPO_ROOT, Daemon, Traffic, free_port
 from .test_interop_collector import Dump, _wait_until
 
-_CAN_CAPTURE, _WHY = _peers.can_capture()
-SKIP_CAPTURE = None if _CAN_CAPTURE else _WHY
+SKIP_CAPTURE = _peers.skip_reason_for_capture()
 SKIP_TLS = SKIP_CAPTURE or (None if shutil.which("openssl") else "the openssl command is not installed")
 
 #: What may never show on rpcap-dump's standard error.

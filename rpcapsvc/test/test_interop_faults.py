@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from ..capture.compiler import compile_filter
 from . import _peers
 from ._e2e import FINDALLDEVS, NULL_AUTH, Daemon, RawRpcapClient, free_port, rpcap_message
+from ._fixtures import internet_checksum
 
 AUTH_REPLY, FINDALLIF_REPLY, OPEN_REPLY, STARTCAP_REPLY, STATS_REPLY = 0x88, 0x82, 0x83, 0x84, 0x89
 ERROR = 1
@@ -30,15 +31,6 @@ def assert_clean_log(test: TestCase, daemon: Daemon) -> None:
     test.assertNotIn("Unhandled", log)
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def icmp_prohibited(src_port: int, dst_port: int) -> bytes:
     """
     An ICMP "communication administratively prohibited" (type 3, code 13),
@@ -47,10 +39,10 @@ def icmp_prohibited(src_port: int, dst_port: int) -> bytes:
     """
     loopback = socket.inet_aton("127.0.0.1")
     inner_ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 28, 0, 0x4000, 64, 17, 0, loopback, loopback)
-    inner_ip = inner_ip[:10] + struct.pack("!H", checksum(inner_ip)) + inner_ip[12:]
+    inner_ip = inner_ip[:10] + struct.pack("!H", internet_checksum(inner_ip)) + inner_ip[12:]
     inner_udp = struct.pack("!HHHH", src_port, dst_port, 8 + 28, 0)
     body = struct.pack("!BBHI", ICMP_UNREACH, ICMP_PKT_FILTERED, 0, 0) + inner_ip + inner_udp
-    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+    return body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
 
 
 class HalfCloseTests(TestCase):

@@ -29,13 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from . import _peers
 from ._e2e import Daemon, Traffic, free_port
 
-
-def _skip_reason() -> Optional[str]:
-    ok, why = _peers.can_capture()
-    return None if ok else why
-
-
-SKIP = _skip_reason()
+SKIP = _peers.skip_reason_for_capture()
 PROMTOOL = shutil.which("promtool")
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"

@@ -28,13 +28,8 @@ SESSIONS = 64
 DEADLINE = 1.0
 
 
-def _skip() -> str | None:
-    ok, why = _peers.can_capture()
-    return None if ok else why
-
-
 class CaptureStormTests(SynchronousTestCase):
-    skip = _skip()
+    skip = _peers.skip_reason_for_capture()
     log = Logger()
 
     def test_sixty_four_captures_start_and_end_while_one_runs(self) -> None:
