@@ -106,11 +106,16 @@ def server_endpoint_string(reactor: object, spec: str) -> str:
         else:
             return f"tcp:{port_of(tail)}:interface={head}"
     try:
-        serverFromString(reactor, spec)
+        endpoint = serverFromString(reactor, spec)
     except Exception as e:  # Twisted's parsers raise ValueError, KeyError, TypeError...
         if spec.startswith("systemd:"):
             raise ValueError(
                 f"{spec!r}: systemd passed no socket at that index (run it from a .socket unit)"
             ) from None
         raise ValueError(f"{spec!r}: {e}; {expected}") from None
+    # Twisted's TCP and SSL parsers take any integer; bind() would refuse it
+    # at start, with a traceback.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port < 65536:
+        raise ValueError(f"{spec!r}: {port} is not a port number; {expected}")
     return spec

@@ -91,6 +91,10 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse("--listen", "tcp:2003:interface=192.0.2.1", "--listen", "tcp6:2003")
         self.assertEqual(options["listen"], ["tcp:2003:interface=192.0.2.1", "tcp6:2003"])
 
+    def test_listen_port_out_of_range(self) -> None:
+        """Refused as an option (one line), not by bind() at start (a traceback)."""
+        self.assertIn("99999 is not a port number", self.refused("--listen", "tcp:99999"))
+
     def test_host_interface(self) -> None:
         """HOST=IFACE, repeatable; an IPv6 host's colons are fine."""
         options = self.parse(

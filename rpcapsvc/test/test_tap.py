@@ -68,8 +68,14 @@ class ListenDefaultTests(OptionsTestBase):
             self.assertEqual(self.parse("-n", "--listen", given)["listen"], [endpoint], given)
 
     def test_listen_mistakes(self) -> None:
-        for spec in ("tcp:notaport", "foo:bar", "127.0.0.1:70000", "[::1]", "[nothost]:2002"):
+        for spec in (
+            "tcp:notaport", "foo:bar", "127.0.0.1:70000", "[::1]", "[nothost]:2002",
+            "tcp:99999", "tcp6:70000:interface=\\:\\:1",
+        ):  # fmt: skip
             self.assertIn("expected PORT, ADDRESS:PORT", self.refused("-n", "--listen", spec), spec)
+        # Endpoint strings Twisted parses with any integer: refused here, not by bind() at start.
+        self.assertIn("99999 is not a port number", self.refused("-n", "--listen", "tcp:99999"))
+        self.assertIn("70000 is not a port number", self.refused("-n", "--metrics", "tcp:70000"))
 
     def test_active_alone_listens_nowhere(self) -> None:
         """--active alone is active-only mode: no listening port is opened."""
