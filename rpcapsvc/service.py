@@ -245,10 +245,19 @@ class RpcapdService(MultiService):
         self._pending_config = config
 
     def privilegedStartService(self) -> None:
+        # Before the port opens: a SIGHUP that comes as soon as clients can
+        # connect (a `systemctl reload` right after start) must not end the daemon.
+        self._catch_sighup()
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             raise cannot_start("twistd rpcapd", listen_failure_hint(e)) from None
+
+    def _catch_sighup(self) -> None:
+        if self.reload_on_sighup and self._old_sighup is None:
+            # Always, config file or not: SIGHUP's default action (what
+            # `systemctl reload` sends) would end the daemon.
+            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self) -> None:
         if self._pending_config is None and self.config_path:
@@ -263,10 +272,7 @@ class RpcapdService(MultiService):
             if waiting is not None:
                 tls = description.split(":", 1)[0] in ("ssl", "tls")
                 waiting.addCallback(self._listening, tls)
-        if self.reload_on_sighup:
-            # Always, config file or not: SIGHUP's default action (what
-            # `systemctl reload` sends) would end the daemon.
-            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        self._catch_sighup()  # an embedder may start the service without privilegedStartService
 
     def _log_buffer_sizes(self) -> None:
         """The buffers that decide what a burst loses, said once at start."""

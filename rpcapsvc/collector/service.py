@@ -684,18 +684,24 @@ class CollectorService(MultiService):
         return sum(session.client.parser.buffered for session in self.sessions)
 
     def privilegedStartService(self) -> None:
+        # Before the port opens: a SIGHUP as soon as daemons can connect
+        # (logrotate right after start) must not end the collector.
+        self._catch_sighup()
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             raise cannot_start("twistd rpcapcollect", listen_failure_hint(e)) from None
+
+    def _catch_sighup(self) -> None:
+        if self.reload_on_sighup and self._old_sighup is None:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self) -> None:
         # Here, not in the constructor: twistd has dropped privileges by now,
         # so the directory belongs to the user the collector runs as.
         os.makedirs(self.settings.directory, exist_ok=True)
         super().startService()
-        if self.reload_on_sighup:
-            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        self._catch_sighup()  # an embedder may start the service without privilegedStartService
 
     def _sighup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reopen_files)

@@ -570,6 +570,28 @@ class DaemonSessionTests(SynchronousTestCase):
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
 
+    def test_sighup_handler_before_the_port_opens(self) -> None:
+        """The handler is in place before daemons can connect, so an early SIGHUP cannot end the collector."""
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        reactor = UdpMemoryReactor()
+        at_listen: list[object] = []
+        listen = reactor.listenTCP
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            at_listen.append(signal.getsignal(signal.SIGHUP))
+            return listen(*args, **kwargs)
+
+        reactor.listenTCP = recording  # type: ignore[method-assign]
+        service = CollectorService(
+            reactor, CollectorSettings(self.mktemp()), ["tcp:0:interface=127.0.0.1"], reload_on_sighup=True
+        )
+        service.privilegedStartService()
+        self.assertEqual(at_listen, [service._sighup])
+        service.startService()
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+
     def test_refused_daemon_gone_while_held(self) -> None:
         """A refused daemon that hangs up while held ends its session; nothing is left scheduled."""
         collector = Collector(self, interface="eth9")

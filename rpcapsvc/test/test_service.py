@@ -472,6 +472,28 @@ class SighupTests(ServiceTestBase):
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), theirs)
 
+    def test_installed_before_the_port_opens(self) -> None:
+        """
+        The handler is in place before clients can connect: a SIGHUP sent as
+        soon as the port answers (a reload right after start) must not meet
+        the default action, which ends the process.
+        """
+        service = self.service(listen=["tcp:0:interface=127.0.0.1"], reload_on_sighup=True)
+        at_listen: list[object] = []
+        listen = self.reactor.listenTCP
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            at_listen.append(signal.getsignal(signal.SIGHUP))
+            return listen(*args, **kwargs)
+
+        self.reactor.listenTCP = recording  # type: ignore[method-assign]
+        service.privilegedStartService()
+        self.assertEqual(at_listen, [service._sighup])
+        service.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service._sighup)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
+
     def test_not_installed_unless_asked(self) -> None:
         self.started(config_path=self.path)
         self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
