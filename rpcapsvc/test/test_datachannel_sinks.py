@@ -736,12 +736,17 @@ def udp_sink_with_fake_sender(
 ) -> tuple[UdpPacketSink, FakeBatchSender]:
     """A classic UDP sink on a fake port whose batch sends go to a L{FakeBatchSender}."""
     sink = UdpPacketSink(snaplen=1000, segmenting=segmenting)
+    return sink, wire_fake_sender(sink, failures)
+
+
+def wire_fake_sender(sink: Any, failures: dict[int, OSError] | None = None) -> FakeBatchSender:
+    """Put C{sink} on a fake port whose batch sends go to a new L{FakeBatchSender}, and return that."""
     transport = FakeDatagramTransport()
     sender = FakeBatchSender(failures=failures)
     transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
-    sink.transport = transport  # type: ignore[assignment]
-    sink.batch_sender = sender  # type: ignore[assignment]
-    return sink, sender
+    sink.transport = transport
+    sink.batch_sender = sender
+    return sender
 
 
 class UdpBatchSendTests(SynchronousTestCase):
@@ -928,12 +933,7 @@ class UdpStrBatchSendTests(SynchronousTestCase):
 
     def make(self, failures: dict[int, OSError] | None = None) -> tuple[UdpStrPacketSink, FakeBatchSender]:
         sink = UdpStrPacketSink(snaplen=65535, mtu=1472, clock=Clock(), flush_after=0.1)
-        transport = FakeDatagramTransport()
-        sender = FakeBatchSender(failures=failures)
-        transport.socket = FakeSocket(sender.datagrams)  # type: ignore[attr-defined]
-        sink.transport = transport  # type: ignore[assignment]
-        sink.batch_sender = sender  # type: ignore[assignment]
-        return sink, sender
+        return sink, wire_fake_sender(sink, failures)
 
     def test_datagrams_of_a_batch_in_one_call(self) -> None:
         sink, sender = self.make()
