@@ -20,7 +20,6 @@ builds one and adds it to its own service tree::
 from __future__ import annotations
 
 import ipaddress
-import signal
 import socket
 from typing import Any, Iterable, Optional, Sequence
 
@@ -44,6 +43,7 @@ from .server.datachannel import DataChannels
 from .server.metrics import DaemonMetrics
 from .server.session import ForwardedTraffic, Network, SessionPolicy
 from .server.worker import WorkerCaptureSystem
+from .sighup import SighupHandler
 from .usage import cannot_start, listen_failure_hint
 
 DEFAULT_LISTEN = "tcp:2002"
@@ -111,14 +111,14 @@ class RpcapdService(MultiService):
         )
         self.data_channels = data_channels or DataChannels(reactor)
         self.config_path = config_path
-        self.reload_on_sighup = reload_on_sighup
         self._static_active = tuple(active)
         self._static_clients = tuple(allowed_clients)
         # An embedder's own SessionPolicy(allowed_clients=...) stays in force:
         # the config file and allowed_clients add to it, never replace it.
         self._policy_clients = tuple(self.policy.allowed_clients)
         self._static_null_auth = self.policy.null_auth
-        self._old_sighup: Any = None
+        self.sighup = SighupHandler(reactor, self.reload, enabled=reload_on_sighup)
+        """SIGHUP re-reads the configuration file (L{reload}), with C{reload_on_sighup}."""
         self.collectors: dict[ActiveTarget, ClientService] = {}
         self.collector_factories: dict[ActiveTarget, RpcapServerFactory] = {}
         """The factory serving each collector's sessions (its C{reconnect} policy counts redials)."""
@@ -245,19 +245,14 @@ class RpcapdService(MultiService):
         self._pending_config = config
 
     def privilegedStartService(self) -> None:
-        # Before the port opens: a SIGHUP that comes as soon as clients can
-        # connect (a `systemctl reload` right after start) must not end the daemon.
-        self._catch_sighup()
+        # Always, config file or not, and before the port opens: SIGHUP's
+        # default action would end the daemon.
+        self.sighup.install()
         try:
             super().privilegedStartService()
         except CannotListenError as e:
+            self.sighup.restore()
             raise cannot_start("twistd rpcapd", listen_failure_hint(e)) from None
-
-    def _catch_sighup(self) -> None:
-        if self.reload_on_sighup and self._old_sighup is None:
-            # Always, config file or not: SIGHUP's default action (what
-            # `systemctl reload` sends) would end the daemon.
-            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self) -> None:
         if self._pending_config is None and self.config_path:
@@ -272,7 +267,7 @@ class RpcapdService(MultiService):
             if waiting is not None:
                 tls = description.split(":", 1)[0] in ("ssl", "tls")
                 waiting.addCallback(self._listening, tls)
-        self._catch_sighup()  # an embedder may start the service without privilegedStartService
+        self.sighup.install()  # an embedder may start the service without privilegedStartService
 
     def _log_buffer_sizes(self) -> None:
         """The buffers that decide what a burst loses, said once at start."""
@@ -345,14 +340,9 @@ class RpcapdService(MultiService):
         )
         return port
 
-    def _sighup(self, signum: int, frame: object) -> None:
-        self.reactor.callFromThread(self.reload)
-
     def stopService(self) -> Any:
         self.passive_factory.close_sessions("the daemon is stopping")
-        if self._old_sighup is not None:
-            signal.signal(signal.SIGHUP, self._old_sighup)
-            self._old_sighup = None
+        self.sighup.restore()
         return defer.maybeDeferred(super().stopService).addBoth(self._stop_capture_pool)
 
     # --- capture threads -------------------------------------------------------------

@@ -24,7 +24,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import signal
 from typing import Any, Optional, Sequence
 
 import attrs
@@ -41,6 +40,7 @@ from ..metrics import MetricsListener, new_registry
 from ..protocol.bpf import MAXIMUM_SNAPLEN
 from ..protocol.datachannel import CapturedPacket
 from ..server.admission import host_key, ticket
+from ..sighup import SighupHandler
 from ..usage import cannot_start, listen_failure_hint
 from .client import (
     CaptureSettings,
@@ -538,8 +538,8 @@ class CollectorService(MultiService):
     ) -> None:
         super().__init__()
         self.reactor = reactor
-        self.reload_on_sighup = reload_on_sighup
-        self._old_sighup: Any = None
+        self.sighup = SighupHandler(reactor, self.reopen_files, enabled=reload_on_sighup)
+        """SIGHUP starts new capture files (L{reopen_files}), with C{reload_on_sighup}."""
         self.settings = settings
         self.sessions: set[DaemonSession] = set()
         self._histories: dict[str, FileHistory] = {}
@@ -686,25 +686,19 @@ class CollectorService(MultiService):
     def privilegedStartService(self) -> None:
         # Before the port opens: a SIGHUP as soon as daemons can connect
         # (logrotate right after start) must not end the collector.
-        self._catch_sighup()
+        self.sighup.install()
         try:
             super().privilegedStartService()
         except CannotListenError as e:
+            self.sighup.restore()
             raise cannot_start("twistd rpcapcollect", listen_failure_hint(e)) from None
-
-    def _catch_sighup(self) -> None:
-        if self.reload_on_sighup and self._old_sighup is None:
-            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def startService(self) -> None:
         # Here, not in the constructor: twistd has dropped privileges by now,
         # so the directory belongs to the user the collector runs as.
         os.makedirs(self.settings.directory, exist_ok=True)
         super().startService()
-        self._catch_sighup()  # an embedder may start the service without privilegedStartService
-
-    def _sighup(self, signum: int, frame: object) -> None:
-        self.reactor.callFromThread(self.reopen_files)
+        self.sighup.install()  # an embedder may start the service without privilegedStartService
 
     def reopen_files(self) -> None:
         """SIGHUP: every capture finishes its file and goes on in a new one."""
@@ -715,9 +709,7 @@ class CollectorService(MultiService):
         self.log.info("SIGHUP: capture files closed and new ones opened: files={n}", n=len(writing))
 
     def stopService(self) -> Any:
-        if self._old_sighup is not None:
-            signal.signal(signal.SIGHUP, self._old_sighup)
-            self._old_sighup = None
+        self.sighup.restore()
         # Stop accepting first: a daemon redialling during the grace below
         # must meet a closed port (it retries later), not a collector that
         # is about to vanish in the middle of its session.

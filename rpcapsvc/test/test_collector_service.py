@@ -566,7 +566,7 @@ class DaemonSessionTests(SynchronousTestCase):
         reactor = UdpMemoryReactor()
         service = CollectorService(reactor, CollectorSettings(self.mktemp()), [], reload_on_sighup=True)
         service.startService()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), service._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service.sighup)
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
 
@@ -587,7 +587,7 @@ class DaemonSessionTests(SynchronousTestCase):
             reactor, CollectorSettings(self.mktemp()), ["tcp:0:interface=127.0.0.1"], reload_on_sighup=True
         )
         service.privilegedStartService()
-        self.assertEqual(at_listen, [service._sighup])
+        self.assertEqual(at_listen, [service.sighup])
         service.startService()
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), previous)

@@ -8,6 +8,7 @@ All on a memory reactor: no sockets, no real capture.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from twisted.application.internet import ClientService, StreamServerEndpointService
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -444,7 +445,7 @@ class SighupTests(ServiceTestBase):
         """SIGHUP re-reads the file, from the reactor thread rather than inside the signal handler."""
         service = self.started(config_path=self.path, reload_on_sighup=True)
         handler = signal.getsignal(signal.SIGHUP)
-        self.assertEqual(handler, service._sighup)
+        self.assertEqual(handler, service.sighup)
         with open(self.path, "w") as f:
             f.write("ActiveClient = b.example,2004\n")
         assert callable(handler)
@@ -488,10 +489,21 @@ class SighupTests(ServiceTestBase):
 
         self.reactor.listenTCP = recording  # type: ignore[method-assign]
         service.privilegedStartService()
-        self.assertEqual(at_listen, [service._sighup])
+        self.assertEqual(at_listen, [service.sighup])
         service.startService()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), service._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service.sighup)
         service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
+
+    def test_given_back_when_the_port_cannot_open(self) -> None:
+        """A daemon that cannot listen exits in one line and leaves SIGHUP as it found it (an embedder's)."""
+        service = self.service(listen=["tcp:2002:interface=127.0.0.1"], reload_on_sighup=True)
+
+        def busy(*args: Any, **kwargs: Any) -> Any:
+            raise CannotListenError("127.0.0.1", 2002, OSError(errno.EADDRINUSE, "Address already in use"))
+
+        self.reactor.listenTCP = busy  # type: ignore[method-assign]
+        self.assertRaises(SystemExit, service.privilegedStartService)
         self.assertEqual(signal.getsignal(signal.SIGHUP), self.previous)
 
     def test_not_installed_unless_asked(self) -> None:
@@ -505,7 +517,7 @@ class SighupTests(ServiceTestBase):
         """
         service = self.started(reload_on_sighup=True)
         handler = signal.getsignal(signal.SIGHUP)
-        self.assertEqual(handler, service._sighup)
+        self.assertEqual(handler, service.sighup)
         assert callable(handler)
         handler(signal.SIGHUP, None)
         with capturedLogs() as events:

@@ -213,7 +213,7 @@ class MakeServiceTests(OptionsTestBase):
         self.assertEqual(service.policy.reclaim_idle_after, 1.0)
         self.assertEqual(len(service.listeners), 1)
         self.assertEqual(service.collectors, {})
-        self.assertTrue(service.reload_on_sighup)
+        self.assertTrue(service.sighup.enabled)
 
     def test_udp_gso_by_default_and_off_when_asked(self) -> None:
         self.assertTrue(self.make("-n").data_channels.udp_gso)
